@@ -1,0 +1,174 @@
+"""Frozen CLIP encoders from open_clip: residual-stream tokens of chosen blocks, and L2-normalised text embeddings."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synseg.errors import UserError
+
+ARCHITECTURES_DIR = Path(__file__).with_name("architectures")
+open_clip.add_model_config(ARCHITECTURES_DIR)
+
+
+@dataclass
+class BackboneConfig:
+    """Which CLIP to use. `pretrained`: an open_clip tag, a local weights file, or None for random weights."""
+
+    name: str = "ViT-B-16"
+    pretrained: str | None = "openai"
+    layers: tuple[int, ...] | None = None
+    architecture: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.pretrained is not None and self.pretrained.lower() == "none":
+            self.pretrained = None
+        if self.layers is not None:
+            self.layers = tuple(int(i) for i in self.layers)
+
+
+def default_layers(depth: int) -> tuple[int, ...]:
+    """CLIPSeg's blocks 3, 6, 9 of 12, scaled to other depths."""
+    return tuple(sorted({max(0, depth // 4), depth // 2, min(depth - 1, 3 * depth // 4)}))
+
+
+def resolve_architecture(config: BackboneConfig) -> BackboneConfig:
+    """Register the architecture with open_clip (a built-in name, a JSON file, or the dict a checkpoint carried)."""
+    name = config.name
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"backbone architecture file not found: {path}")
+        open_clip.add_model_config(path)
+        name = path.stem
+    elif open_clip.get_model_config(name) is None and config.architecture is not None:
+        open_clip.factory._MODEL_CONFIGS[name] = config.architecture  # open_clip's registry has no public dict setter
+    architecture = open_clip.get_model_config(name)
+    if architecture is None:
+        known = ", ".join(m for m in open_clip.list_models() if m.startswith(("ViT-B", "synseg")))
+        raise UserError(f"unknown backbone '{config.name}' (open_clip model names such as {known}, or a .json architecture file)")
+    if "timm_model_name" in architecture.get("vision_cfg", {}):
+        raise UserError(f"backbone '{name}' has a timm image tower; synseg needs open_clip's VisionTransformer")
+    return BackboneConfig(name=name, pretrained=config.pretrained, layers=config.layers, architecture=architecture)
+
+
+def create_clip(config: BackboneConfig) -> nn.Module:
+    """Build the open_clip model and load its weights, turning download and file problems into one-line errors."""
+    pretrained = config.pretrained
+    quick_gelu = bool(config.architecture.get("quick_gelu", False))
+    if pretrained is not None:
+        tag_cfg = open_clip.get_pretrained_cfg(config.name, pretrained)
+        if tag_cfg:
+            quick_gelu = quick_gelu or bool(tag_cfg.get("quick_gelu", False))
+        elif not Path(pretrained).is_file():
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(config.name)) or "none known"
+            raise UserError(
+                f"--pretrained '{pretrained}' is neither an existing file nor a tag of {config.name} (tags: {tags})"
+            )
+    try:
+        with _quiet_hub():
+            return open_clip.create_model(config.name, pretrained=pretrained, force_quick_gelu=quick_gelu)
+    except RuntimeError as error:
+        if "download" in str(error).lower():
+            raise UserError(
+                f"could not fetch the '{pretrained}' weights of {config.name} (no network?); download them where there is "
+                f"network and pass the file: --pretrained /path/to/open_clip_model.safetensors"
+            ) from None
+        raise UserError(f"could not load CLIP weights '{pretrained}' into {config.name}: {error}") from None
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """Silence open_clip/hub logging and, when the hub is unreachable, use only the local cache (no minute of retries)."""
+    import huggingface_hub.constants as hub
+
+    root = logging.getLogger()
+    level, offline = root.level, hub.HF_HUB_OFFLINE
+    root.setLevel(logging.CRITICAL)
+    logging.getLogger("huggingface_hub").setLevel(logging.CRITICAL)
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError:
+        hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        hub.HF_HUB_OFFLINE = offline
+
+
+class ClipBackbone(nn.Module):
+    """A frozen open_clip model exposing what SynSeg needs: intermediate visual tokens and text embeddings."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.config = resolve_architecture(config)
+        self.clip = create_clip(self.config)
+        visual = self.clip.visual
+        if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "transformer"):
+            raise UserError(f"backbone '{self.config.name}' has no ViT image tower")
+        depth = len(visual.transformer.resblocks)
+        self.layers = self.config.layers or default_layers(depth)
+        self.config.layers = self.layers
+        if max(self.layers) >= depth or min(self.layers) < 0:
+            raise UserError(f"layers {self.layers} do not exist in a {depth}-block image tower")
+        self.image_size = int(visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size)
+        self.patch_size = int(visual.patch_size[0])
+        self.grid = (self.image_size // self.patch_size, self.image_size // self.patch_size)
+        self.width = int(visual.transformer.width)
+        self.embed_dim = int(self.clip.text_projection.shape[-1] if hasattr(self.clip, "text_projection") else visual.output_dim)
+        mean = getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+        std = getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.tokenizer = open_clip.get_tokenizer(self.config.name)
+        self.requires_grad_(False)
+        self.eval()
+        self._label_cache: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
+
+    def train(self, mode: bool = True) -> "ClipBackbone":
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def normalize(self, images01: torch.Tensor) -> torch.Tensor:
+        """CLIP's own mean/std normalisation of [0, 1] images."""
+        return (images01 - self.mean) / self.std
+
+    @torch.no_grad()
+    def encode_image(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Residual-stream tokens [B, 1 + HW, width] (CLS first, before ln_post) after each configured block."""
+        if pixels.shape[-2:] != (self.image_size, self.image_size):
+            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        out = self.clip.visual.forward_intermediates(
+            pixels, indices=list(self.layers), stop_early=True, intermediates_only=True,
+            output_fmt="NLC", output_extra_tokens=True,
+        )
+        return [torch.cat([cls, patches], dim=1) for cls, patches in zip(out["image_intermediates_prefix"], out["image_intermediates"])]
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised CLIP text embeddings [N, embed_dim]."""
+        tokens = self.tokenizer(texts).to(self.device)
+        return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+
+    @torch.no_grad()
+    def embed_labels(self, labels: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+        """Prompt-ensemble embedding per label (mean over templates, re-normalised); each label is embedded once."""
+        templates = tuple(templates)
+        missing = [label for label in dict.fromkeys(labels) if (label, templates) not in self._label_cache]
+        if missing:
+            prompts = [template.format(label) for label in missing for template in templates]
+            embeddings = self.encode_text(prompts).view(len(missing), len(templates), -1).mean(dim=1)
+            for label, embedding in zip(missing, F.normalize(embeddings, dim=-1)):
+                self._label_cache[(label, templates)] = embedding
+        return torch.stack([self._label_cache[(label, templates)] for label in labels])

@@ -1,0 +1,32 @@
+"""Feature Synergy Structure (paper III-A, METHOD.md 2): activation-weighted fg/bg pooling, projected into CLIP space."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def token_activations(logits: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Semantic-activation map at token resolution [N, HW]: the mean activation inside each patch."""
+    return F.avg_pool2d(torch.sigmoid(logits), patch_size).flatten(1)
+
+
+def synergy_vectors(activations: torch.Tensor, features: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """fg = A^T Z / sum A and bg = (1 - A)^T Z / sum (1 - A); activations [N, HW], features [N, HW, D] -> [N, D] each."""
+    maps = torch.stack([activations, 1.0 - activations], dim=1)  # the map and its complement: [N, 2, HW]
+    pooled = torch.bmm(maps, features) / (maps.sum(dim=-1, keepdim=True) + eps)
+    return pooled[:, 0], pooled[:, 1]
+
+
+class Projector(nn.Module):
+    """Maps decoder-space synergy vectors into CLIP's joint space so they can meet the text embeddings."""
+
+    def __init__(self, dim: int, embed_dim: int, hidden: int = 0) -> None:
+        super().__init__()
+        if hidden:
+            self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, embed_dim))
+        else:
+            self.net = nn.Linear(dim, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -1,0 +1,99 @@
+"""SynSeg: frozen CLIP + FiLM + CLIPSeg-style decoder, with the Feature Synergy Structure used in training."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synseg.models.backbone import BackboneConfig, ClipBackbone
+from synseg.models.decoder import DecoderConfig, DecoderOutput, SegDecoder
+from synseg.models.fss import Projector, synergy_vectors, token_activations
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a photo of a small {}.",
+    "a photo of a large {}.",
+    "a cropped photo of the {}.",
+    "a bad photo of the {}.",
+    "there is a {} in the scene.",
+    "a photo of the {} in the scene.",
+)
+POOL_SOURCES = ("conditional", "unconditional")
+
+
+@dataclass
+class SynSegConfig:
+    """Everything needed to rebuild a model; saved as config.json beside every checkpoint."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    background_threshold: float = 0.4
+    pool_source: str = "conditional"
+
+
+@dataclass
+class SynergyOutput:
+    logits: torch.Tensor  # [N, 1, S, S]
+    foreground: torch.Tensor  # [N, E] projected fg synergy vectors
+    background: torch.Tensor  # [N, E] projected bg synergy vectors
+
+
+class SynSeg(nn.Module):
+    def __init__(self, config: SynSegConfig, backbone: ClipBackbone) -> None:
+        super().__init__()
+        if config.pool_source not in POOL_SOURCES:
+            raise ValueError(f"pool_source must be one of {POOL_SOURCES}, got {config.pool_source!r}")
+        self.config = config
+        self.backbone = backbone
+        self.decoder = SegDecoder(
+            config.decoder, backbone.width, backbone.embed_dim, len(backbone.layers), backbone.grid, backbone.patch_size
+        )
+        self.projector = Projector(config.decoder.reduce_dim, backbone.embed_dim, config.decoder.projector_hidden)
+
+    @property
+    def background_threshold(self) -> float:
+        return self.config.background_threshold
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changes: FiLM, decoder, projector. The backbone is named by the config instead."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def decode(self, layer_tokens: list[torch.Tensor], text: torch.Tensor, image_index: torch.Tensor) -> DecoderOutput:
+        """Decode N (image, category) pairs: layer_tokens of B images, text [N, E], image_index [N] into 0..B-1."""
+        tokens = self.decoder(self.decoder.reduce(layer_tokens), image_index, text)
+        return DecoderOutput(self.decoder.to_logits(tokens), tokens[:, 1:])
+
+    def forward(self, layer_tokens: list[torch.Tensor], text: torch.Tensor, image_index: torch.Tensor) -> SynergyOutput:
+        """Training pass: activation maps plus the FSS fg/bg vectors of every pair, projected into CLIP space."""
+        reduced = self.decoder.reduce(layer_tokens)
+        tokens = self.decoder(reduced, image_index, text)
+        logits = self.decoder.to_logits(tokens)
+        if self.config.pool_source == "unconditional":
+            features = self.decoder(reduced, torch.arange(len(layer_tokens[0]), device=text.device), None)[:, 1:][image_index]
+        else:
+            features = tokens[:, 1:]
+        fg, bg = synergy_vectors(token_activations(logits, self.backbone.patch_size), features)
+        return SynergyOutput(logits, self.projector(fg), self.projector(bg))
+
+    @torch.inference_mode()
+    def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """[V, K, S, S] activations in [0, 1] for V normalised views and K text embeddings; CLIP runs once per view."""
+        views, classes = pixels.shape[0], text.shape[0]
+        layer_tokens = self.backbone.encode_image(pixels)
+        image_index = torch.arange(views, device=pixels.device).repeat_interleave(classes)
+        logits = self.decode(layer_tokens, text.repeat(views, 1), image_index).logits
+        maps = torch.sigmoid(logits).view(views, classes, *logits.shape[-2:])
+        if maps.shape[-1] != pixels.shape[-1]:
+            maps = F.interpolate(maps, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+        return maps
+
+
+def build_synseg(config: SynSegConfig) -> SynSeg:
+    """The one entry point: backbone from its config, trainable parts freshly initialised."""
+    backbone = ClipBackbone(config.backbone)
+    config.backbone = backbone.config
+    return SynSeg(config, backbone)

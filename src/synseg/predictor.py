@@ -1,0 +1,116 @@
+"""The high-level API: an image and any list of words in, a label map and per-word activation maps out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from synseg.errors import UserError
+from synseg.io import to_rgb
+from synseg.models.backbone import ClipBackbone
+from synseg.models.synseg import DEFAULT_TEMPLATES
+
+
+class DensePredictor(Protocol):
+    """What Segmenter needs from a method: SynSeg and the MaskCLIP baseline both provide it."""
+
+    backbone: ClipBackbone
+    background_threshold: float
+
+    def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class Segmentation:
+    label_map: np.ndarray  # [H, W] int64; with background, 0 = background and labels are 1..K
+    activations: np.ndarray  # [K, H, W] float32 in [0, 1]
+    labels: list[str]
+    background: bool
+
+
+def parse_labels(text: str | list[str]) -> list[str]:
+    """Comma-separated or listed labels, stripped; empty and duplicate labels are user errors."""
+    labels = [label.strip() for label in (text.split(",") if isinstance(text, str) else text)]
+    if not labels or any(not label for label in labels):
+        raise UserError("labels must be a non-empty, comma-separated list with no empty entries")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise UserError(f"duplicate label(s): {', '.join(duplicates)}")
+    return labels
+
+
+def quadrant_boxes(height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, left, right) of the four non-overlapping quadrants: TL, TR, BL, BR."""
+    h, w = height // 2, width // 2
+    return [(0, h, 0, w), (0, h, w, width), (h, height, 0, w), (h, height, w, width)]
+
+
+def make_views(image: torch.Tensor, size: int, views: int) -> torch.Tensor:
+    """[3, H, W] -> [V, 3, size, size]: the whole image, then (for 5 views) its four quadrants (METHOD.md 5)."""
+    crops = [image] + ([image[:, t:b, l:r] for t, b, l, r in quadrant_boxes(*image.shape[-2:])] if views == 5 else [])
+    return torch.cat([resize(crop[None], (size, size), "bicubic") for crop in crops]).clamp_(0, 1)
+
+
+def stitch_views(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[V, K, s, s] -> [K, H, W]: quadrant maps put back in place and averaged with the whole-image map."""
+    whole = resize(maps[:1], size, "bilinear")[0]
+    if maps.shape[0] == 1:
+        return whole
+    stitched = torch.empty_like(whole)
+    for view, (t, b, l, r) in zip(maps[1:], quadrant_boxes(*size)):
+        stitched[:, t:b, l:r] = resize(view[None], (b - t, r - l), "bilinear")[0]
+    return (whole + stitched) / 2
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=mode != "nearest")
+
+
+class Segmenter:
+    """Segment any image with any labels; label embeddings are cached, so a class list is embedded once."""
+
+    def __init__(self, predictor: DensePredictor, templates: tuple[str, ...] | None = None) -> None:
+        self.predictor = predictor
+        self.templates = tuple(templates or getattr(getattr(predictor, "config", None), "templates", DEFAULT_TEMPLATES))
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.backbone.device
+
+    @torch.inference_mode()
+    def activations(self, image: Image.Image, labels: list[str], views: int = 5) -> torch.Tensor:
+        """[K, H, W] activation maps at the image's own resolution."""
+        if views not in (1, 5):
+            raise UserError(f"views must be 1 or 5, got {views}")
+        backbone = self.predictor.backbone
+        pixels = torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1).float().div_(255)
+        height, width = pixels.shape[-2:]
+        if views == 5 and min(height, width) < 2:
+            views = 1
+        view_pixels = backbone.normalize(make_views(pixels, backbone.image_size, views).to(self.device))
+        text = backbone.embed_labels(labels, self.templates)
+        maps = self.predictor.activation_maps(view_pixels, text).float()
+        return stitch_views(maps, (height, width)).clamp_(0, 1)
+
+    def segment(
+        self,
+        image: Image.Image,
+        labels: list[str],
+        views: int = 5,
+        threshold: float | None = None,
+        background: bool = False,
+    ) -> Segmentation:
+        """Per pixel the best label; with `background`, pixels whose best activation is below threshold get 0."""
+        labels = parse_labels(labels)
+        maps = self.activations(image, labels, views)
+        best, index = maps.max(dim=0)
+        if background:
+            threshold = self.predictor.background_threshold if threshold is None else threshold
+            index = torch.where(best < threshold, 0, index + 1)
+        return Segmentation(index.cpu().numpy().astype(np.int64), maps.cpu().numpy(), labels, background)

@@ -1,0 +1,52 @@
+"""Pictures of a segmentation: palette label maps, overlays with a legend, per-label heat maps (PIL only)."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map (bit-interleaved), the one segmentation tools already show."""
+    colours = np.zeros((n, 3), dtype=np.uint8)
+    for index in range(n):
+        c, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colours[index] = (r, g, b)
+    return colours
+
+
+def label_map_image(label_map: np.ndarray) -> Image.Image:
+    """A palette PNG whose pixel values are the class indices themselves."""
+    image = Image.fromarray(label_map.astype(np.uint8), mode="P")
+    image.putpalette(palette().flatten().tolist())
+    return image
+
+
+def overlay(image: Image.Image, label_map: np.ndarray, names: list[str], alpha: float = 0.5) -> Image.Image:
+    """Colours blended over the photo, and a legend of the names present, right of it."""
+    colours = palette()
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    blended = (1 - alpha) * rgb + alpha * colours[label_map].astype(np.float32)
+    picture = Image.fromarray(blended.clip(0, 255).astype(np.uint8))
+    present = [i for i in range(len(names)) if (label_map == i).any()] or list(range(len(names)))
+    font = ImageFont.load_default(size=max(12, min(28, picture.height // 20)))
+    line = int(font.size * 1.5)
+    legend_width = int(max(ImageDraw.Draw(picture).textlength(names[i], font=font) for i in present)) + line + 16
+    canvas = Image.new("RGB", (picture.width + legend_width, max(picture.height, line * len(present) + 8)), "white")
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, index in enumerate(present):
+        top = 4 + row * line
+        x = picture.width + 6
+        draw.rectangle([x, top + 2, x + line - 6, top + line - 4], fill=tuple(int(v) for v in colours[index]), outline="black")
+        draw.text((x + line, top + 2), names[index], fill="black", font=font)
+    return canvas
+
+
+def heat_map(activation: np.ndarray) -> Image.Image:
+    """An activation map in [0, 1] as an 8-bit grey image (0 = none, 255 = full)."""
+    return Image.fromarray((np.clip(activation, 0, 1) * 255 + 0.5).astype(np.uint8), mode="L")

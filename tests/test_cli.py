@@ -1,0 +1,81 @@
+"""The `synseg` command as a user meets it: outputs of the right size, one-line errors, no half-written files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synseg.cli import main
+
+TINY = ["--backbone", "synseg-tiny", "--pretrained", "none"]
+
+
+def synseg(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "synseg.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("views", ["1", "5"])
+def test_segment_writes_maps_of_each_images_size(real_data, tmp_path, views):
+    images = sorted((real_data / "VOCdevkit/VOC2012/JPEGImages").glob("*.jpg"))[:3]
+    odd = tmp_path / "odd.png"
+    Image.fromarray(np.zeros((41, 77), dtype=np.uint8)).save(odd)
+    out = tmp_path / "out"
+    code = main(["segment", *map(str, images), str(odd), "--labels", "person, dog, sofa", "--out", str(out), "--views", views, "--background", *TINY])
+    assert code == 0
+    for path in [*images, odd]:
+        label_map = Image.open(out / f"{path.stem}.png")
+        assert label_map.mode == "P" and label_map.size == Image.open(path).size
+        assert np.asarray(label_map).max() <= 3
+        assert Image.open(out / f"{path.stem}.heat.dog.png").size == label_map.size
+        overlay = Image.open(out / f"{path.stem}.overlay.png")
+        assert overlay.height >= label_map.height and overlay.width > label_map.width  # legend beside the image
+    assert json.loads((out / "labels.json").read_text())["classes"] == ["background", "person", "dog", "sofa"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_info_reports_the_papers_parameter_count():
+    result = synseg("info", "--backbone", "ViT-B-16", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert 150e6 <= info["total_params"] <= 152e6
+    assert info["trainable_params"] < 3e6
+
+
+def test_bad_inputs_get_one_line_errors(tmp_path):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (20, 20)).save(image)
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("hello")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cases = {
+        "image not found": ["segment", str(tmp_path / "missing.jpg"), "--labels", "cat", "--out", str(tmp_path / "o"), *TINY],
+        "not a readable image": ["segment", str(not_image), "--labels", "cat", "--out", str(tmp_path / "o"), *TINY],
+        "non-empty": ["segment", str(image), "--labels", "cat,,dog", "--out", str(tmp_path / "o"), *TINY],
+        "duplicate label": ["segment", str(image), "--labels", "cat, dog, cat", "--out", str(tmp_path / "o"), *TINY],
+        "checkpoint not found": ["segment", str(image), "--labels", "cat", "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "nope")],
+        "unknown backbone": ["segment", str(image), "--labels", "cat", "--out", str(tmp_path / "o"), "--backbone", "ViT-Q-99"],
+        "cannot write to output folder": ["segment", str(image), "--labels", "cat", "--out", str(blocker / "sub"), *TINY],
+        "neither an existing file nor a tag": ["info", "--backbone", "ViT-B-16", "--pretrained", "no_such_tag"],
+    }
+    for message, argv in cases.items():
+        result = synseg(*argv)
+        assert result.returncode == 2, (message, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, (message, result.stderr)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (20, 20)).save(image)
+    result = synseg("segment", str(image), "--labels", "cat", "--out", str(locked), *TINY)
+    assert result.returncode == 2 and "cannot write" in result.stderr

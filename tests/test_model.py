@@ -1,0 +1,123 @@
+"""The model's shapes, the multi-view stitching, and checkpoint round trips."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from synseg.checkpoint import load_model, save_model
+from synseg.errors import UserError
+from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
+from synseg.predictor import Segmenter, make_views, stitch_views
+
+
+@pytest.mark.parametrize(
+    "name, size, patch, width, layers",
+    [("synseg-tiny", 64, 8, 64, (1, 2, 3)), ("synseg-tiny-p16", 224, 16, 96, (1, 3, 4)), ("ViT-B-16", 224, 16, 768, (3, 6, 9))],
+)
+def test_decoder_shapes_across_backbones(name, size, patch, width, layers):
+    model = build_synseg(SynSegConfig(backbone=BackboneConfig(name, None)))
+    assert model.backbone.layers == layers
+    tokens = model.backbone.encode_image(torch.rand(2, 3, size, size))
+    grid = size // patch
+    assert [t.shape for t in tokens] == [(2, 1 + grid * grid, width)] * 3
+    text = model.backbone.encode_text(["cat", "dog", "rug"])
+    out = model.decode(tokens, text, torch.tensor([0, 0, 1]))
+    assert out.logits.shape == (3, 1, size, size)
+    assert out.features.shape == (3, grid * grid, 64)
+    synergy = model(tokens, text, torch.tensor([0, 0, 1]))
+    assert synergy.foreground.shape == synergy.background.shape == (3, model.backbone.embed_dim)
+    maps = model.activation_maps(torch.rand(5, 3, size, size), text)
+    assert maps.shape == (5, 3, size, size) and 0 <= maps.min() and maps.max() <= 1
+
+
+def test_trainable_parameters_are_film_decoder_projector_only(tiny_model):
+    trainable = {n.split(".")[0] for n, p in tiny_model.named_parameters() if p.requires_grad}
+    assert trainable == {"decoder", "projector"}
+    assert not any(p.requires_grad for p in tiny_model.backbone.parameters())
+
+
+@pytest.mark.parametrize("quadrant", range(4))
+def test_response_in_a_quadrant_view_lands_in_that_quadrant(quadrant):
+    height, width = 60, 90
+    maps = torch.zeros(5, 2, 16, 16)
+    maps[1 + quadrant, 1] = 1.0  # class 1 fires everywhere in one quadrant view only
+    stitched = stitch_views(maps, (height, width))
+    assert stitched.shape == (2, height, width)
+    top, left = (quadrant // 2) * height // 2, (quadrant % 2) * width // 2
+    expected = torch.zeros(height, width)
+    expected[top : top + height // 2, left : left + width // 2] = 0.5  # averaged with the silent whole view
+    torch.testing.assert_close(stitched[1], expected)
+    assert stitched[0].abs().max() == 0
+
+
+def test_views_are_whole_image_then_quadrants():
+    image = torch.zeros(3, 40, 60)
+    image[:, 20:, 30:] = 1.0  # bottom-right quadrant white
+    views = make_views(image, 32, 5)
+    assert views.shape == (5, 3, 32, 32)
+    assert views[4].min() > 0.99 and views[1:4].max() < 0.01
+    assert 0.2 < views[0].mean() < 0.3
+
+
+def test_save_then_load_gives_identical_outputs(tmp_path):
+    torch.manual_seed(3)
+    config = SynSegConfig(backbone=BackboneConfig("synseg-tiny", None), decoder=DecoderConfig(projector_hidden=32))
+    model = build_synseg(config).eval()
+    for p in model.decoder.parameters():
+        p.data.normal_(0, 0.05)
+    save_model(model, tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["decoder"]["projector_hidden"] == 32
+    # the random backbone is not in the checkpoint: give the reloaded model the same one
+    loaded = load_model(tmp_path / "ckpt")
+    loaded.backbone.load_state_dict(model.backbone.state_dict())
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    a = Segmenter(model).segment(image, ["cat", "dog"], views=5)
+    b = Segmenter(loaded).segment(image, ["cat", "dog"], views=5)
+    np.testing.assert_array_equal(a.activations, b.activations)
+    np.testing.assert_array_equal(a.label_map, b.label_map)
+
+
+def test_checkpoint_whose_shapes_do_not_match_its_config_fails_clearly(tmp_path, tiny_model):
+    save_model(tiny_model, tmp_path / "ckpt")
+    config_path = tmp_path / "ckpt" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["decoder"]["reduce_dim"] = 32
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(UserError, match="has shape .* but its config builds"):
+        load_model(tmp_path / "ckpt")
+
+
+def test_segmenter_handles_every_image_mode(tiny_model, tmp_path):
+    segmenter = Segmenter(tiny_model)
+    rgb = np.random.default_rng(1).integers(0, 255, (37, 23, 3), dtype=np.uint8)
+    images = {
+        "L": Image.fromarray(rgb[..., 0]),
+        "RGBA": Image.fromarray(np.dstack([rgb, rgb[..., :1]])),
+        "P": Image.fromarray(rgb).convert("P"),
+        "I;16": Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)),
+        "1x1": Image.fromarray(rgb[:1, :1]),
+    }
+    for name, image in images.items():
+        result = segmenter.segment(image, ["a", "b", "c"], views=5, background=True, threshold=0.5)
+        assert result.label_map.shape == image.size[::-1], name
+        assert result.activations.shape == (3, *image.size[::-1]), name
+        assert set(np.unique(result.label_map)) <= {0, 1, 2, 3}
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: a 37x23 stored image is shown 23x37
+    Image.fromarray(rgb).save(tmp_path / "rot.jpg", exif=exif)
+    from synseg.io import load_image
+
+    assert segmenter.segment(load_image(tmp_path / "rot.jpg"), ["a"], views=1).label_map.shape == (23, 37)
+
+
+def test_background_threshold_decides_background(tiny_model):
+    image = Image.new("RGB", (32, 32), "gray")
+    segmenter = Segmenter(tiny_model)
+    best = segmenter.segment(image, ["x", "y"], views=1).activations.max(axis=0)
+    assert (segmenter.segment(image, ["x", "y"], views=1, background=True, threshold=1.0).label_map == 0).all()
+    low = segmenter.segment(image, ["x", "y"], views=1, background=True, threshold=float(best.min()) - 1e-6)
+    assert (low.label_map > 0).all()
