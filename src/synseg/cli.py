@@ -10,7 +10,9 @@ from synseg.errors import UserError
 COMMANDS = {
     "segment": "Segment images with any list of words.",
     "info": "Print parameter counts of a model or checkpoint.",
+    "train": "Train SynSeg from images and their noun phrases (one GPU, many with torchrun, or CPU).",
     "eval": "mIoU on the standard benchmarks (VOC, Context, Object, Stuff, City, ADE) for any method.",
+    "phrases": "Extract the noun phrases of training captions (spaCy) into PHRASES.jsonl.",
 }
 
 
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"synseg {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        sys.stderr.close()  # output piped into `head` and the like: stop quietly
+        return 0
     except KeyboardInterrupt:
         print(f"synseg {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -30,8 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_predictor(args: argparse.Namespace):
     if args.method == "maskclip":
-        from synseg.eval.maskclip import build_maskclip
+        from synseg.eval.maskclip import MaskCLIP, build_maskclip
 
+        if args.checkpoint:
+            return MaskCLIP(build_model(args, warn_untrained=False).backbone)
         config = BackboneConfig(name=args.backbone or "ViT-B-16", pretrained=args.pretrained or "openai")
         return build_maskclip(config).to(resolve_device(args.device)).eval()
     return build_model(args)

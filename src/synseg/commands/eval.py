@@ -1,0 +1,155 @@
+"""`synseg eval`: mIoU on the standard benchmarks, for SynSeg, the MaskCLIP baseline, or any method's saved label maps."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from synseg.commands.common import add_model_arguments
+from synseg.data.benchmarks import BENCHMARKS, Benchmark, benchmark_class, get_benchmark
+from synseg.errors import UserError
+from synseg.eval.evaluator import EvalResult, PredictionFolder, evaluate, markdown_table, segmenter_predict, split
+from synseg.io import atomic_path, ensure_writable_dir
+
+METHODS = {"synseg": "SynSeg", "maskclip": "MaskCLIP"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--benchmark", required=True, metavar="NAME[,NAME...]",
+                        help=f"benchmarks to score: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--root", action="append", default=[], metavar="DIR|NAME=DIR",
+                        help="folder holding the benchmark layouts (for object and stuff: the folder holding images/ "
+                             "and annotations/); repeat NAME=DIR to give one benchmark its own folder")
+    parser.add_argument("--predictions", metavar="DIR",
+                        help="score saved label maps instead of running a model: DIR/<image stem>.png holding class "
+                             "indices in --list-classes order, 255 = no prediction (DIR/<benchmark>/ for several)")
+    add_model_arguments(parser)
+    parser.add_argument("--method", metavar="synseg|maskclip[,...]",
+                        help="synseg (needs --checkpoint) and/or the training-free MaskCLIP baseline on the same "
+                             "backbone (default: synseg)")
+    parser.add_argument("--views", type=int, choices=(1, 5), help="5 = whole image + 4 quadrants (default), 1 = whole image")
+    parser.add_argument("--threshold", type=float,
+                        help="background threshold on the best activation for VOC and Object (default: the method's own)")
+    parser.add_argument("--limit", type=int, metavar="N", help="score only the first N images of each split")
+    parser.add_argument("--json", metavar="FILE", help="also write mIoU, pixel accuracy and per-class IoU here")
+    parser.add_argument("--list-classes", action="store_true",
+                        help="print each benchmark's class indices and names (the order --predictions uses) and exit")
+
+
+def split_list(text: str, what: str, choices) -> list[str]:
+    names = [name.strip().lower() for name in text.split(",")]
+    if not all(names):
+        raise UserError(f"{what} must be a comma-separated list with no empty entries")
+    unknown = [name for name in names if name not in choices]
+    if unknown:
+        raise UserError(f"unknown {what} '{unknown[0]}' (choose from {', '.join(choices)})")
+    return list(dict.fromkeys(names))
+
+
+def list_classes(names: list[str]) -> None:
+    for name in names:
+        if len(names) > 1:
+            print(f"# {name}")
+        for index, class_name in enumerate(benchmark_class(name).class_names()):
+            print(f"{index}\t{class_name}")
+
+
+def roots_by_benchmark(entries: list[str], names: list[str]) -> dict[str, Path]:
+    """`DIR` applies to every benchmark, `NAME=DIR` to one; each requested benchmark needs one of the two."""
+    default, specific = None, {}
+    for entry in entries:
+        name, sep, folder = entry.partition("=")
+        if sep and name in BENCHMARKS:
+            specific[name] = Path(folder)
+        else:
+            default = Path(entry)
+    missing = [name for name in names if name not in specific and default is None]
+    if missing:
+        raise UserError(f"--root is required (the folder holding the {', '.join(missing)} layout)")
+    return {name: specific.get(name, default) for name in names}
+
+
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    """Reject contradictory or out-of-range options before any slow work; returns the methods to run."""
+    if args.predictions:
+        for option, value in (("--checkpoint", args.checkpoint), ("--method", args.method), ("--views", args.views),
+                              ("--threshold", args.threshold)):
+            if value is not None:
+                raise UserError(f"{option} runs a model; --predictions scores saved label maps: use one or the other")
+        methods = []
+    else:
+        methods = split_list(args.method or "synseg", "method", METHODS)
+        if "synseg" in methods and not args.checkpoint:
+            raise UserError("--method synseg needs --checkpoint (or score saved label maps with --predictions)")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UserError(f"--threshold must be within [0, 1], got {args.threshold}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    return methods
+
+
+def prediction_folders(folder: Path, benchmarks: dict[str, Benchmark], limit: int | None) -> dict[str, PredictionFolder]:
+    """DIR/<benchmark>/ when it exists (required for several benchmarks), else DIR itself."""
+    folders = {}
+    for name, benchmark in benchmarks.items():
+        own = folder / name
+        if len(benchmarks) > 1 and not own.is_dir():
+            raise UserError(f"with several benchmarks, predictions go in one folder each: {own} not found")
+        folders[name] = PredictionFolder(own if own.is_dir() else folder, split(benchmark, limit), benchmark.num_classes())
+    return folders
+
+
+def build_predictors(args: argparse.Namespace, methods: list[str]) -> dict[str, object]:
+    """One dense predictor per method; MaskCLIP shares the checkpoint's backbone when there is one."""
+    from synseg.commands.common import build_model, resolve_device
+    from synseg.eval.maskclip import MaskCLIP, build_maskclip
+    from synseg.models import BackboneConfig
+
+    predictors: dict[str, object] = {}
+    if args.checkpoint:
+        model = build_model(args)
+        predictors = {"synseg": model, "maskclip": MaskCLIP(model.backbone)}
+    elif "maskclip" in methods:
+        config = BackboneConfig(name=args.backbone or "ViT-B-16", pretrained=args.pretrained or "openai")
+        predictors["maskclip"] = build_maskclip(config).to(resolve_device(args.device)).eval()
+    return {method: predictors[method] for method in methods}
+
+
+def run(args: argparse.Namespace) -> int:
+    names = split_list(args.benchmark, "benchmark", BENCHMARKS)
+    if args.list_classes:
+        list_classes(names)
+        return 0
+    methods = check_arguments(args)
+    roots = roots_by_benchmark(args.root, names)
+    benchmarks = {name: get_benchmark(name, roots[name]) for name in names}
+    if args.json:
+        ensure_writable_dir(Path(args.json).resolve().parent)
+    results: list[EvalResult] = []
+    if args.predictions:
+        folder = Path(args.predictions)
+        folders = prediction_folders(folder, benchmarks, args.limit)
+        row = folder.resolve().name
+        for name, benchmark in benchmarks.items():
+            results.append(evaluate(benchmark, folders[name], row, args.limit))
+    else:
+        from synseg.predictor import Segmenter
+
+        for method, predictor in build_predictors(args, methods).items():
+            segmenter = Segmenter(predictor)
+            for benchmark in benchmarks.values():
+                predict = segmenter_predict(segmenter, benchmark, args.views or 5, args.threshold)
+                results.append(evaluate(benchmark, predict, METHODS[method], args.limit))
+    table = markdown_table(results)
+    print(table)
+    if args.json:
+        settings = {key: getattr(args, key) for key in ("checkpoint", "predictions", "backbone", "pretrained", "threshold",
+                                                        "limit")}
+        settings["views"] = None if args.predictions else args.views or 5
+        settings["roots"] = {name: str(root) for name, root in roots.items()}
+        report = {"units": "percent", "table": table, "settings": settings, "results": [r.to_json() for r in results]}
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0

@@ -1,0 +1,77 @@
+"""`synseg train` (and `torchrun -m synseg.train`): SynSeg from images and their noun phrases."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from synseg.commands.common import resolve_device
+from synseg.config import from_dict, read_json
+from synseg.errors import UserError
+from synseg.losses import TERMS
+from synseg.train.config import TrainConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="webdataset shards (a .tar, a {a..b} pattern, a folder of .tar) or a jsonl folder")
+    parser.add_argument("--phrases", required=True, help="PHRASES.jsonl written by `synseg phrases` from the same data")
+    parser.add_argument("--out", required=True, help="run folder: config.json, log.jsonl, last/ (resumable), final/")
+    parser.add_argument("--config", help="TrainConfig as JSON (any subset of its fields; see docs/training.md)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--cache", help="folder for the frozen backbone's features, reused on later epochs and runs")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available; torchrun: cuda:LOCAL_RANK)")
+    parser.add_argument("--backbone", help="override the config's backbone (open_clip name or .json)")
+    parser.add_argument("--pretrained", help="override the backbone weights (tag, file, or 'none')")
+    parser.add_argument("--iterations", type=int, help="override the number of iterations")
+    parser.add_argument("--batch-size", type=int, help="override the global batch size")
+    parser.add_argument("--lr", type=float, help="override the learning rate")
+    parser.add_argument("--workers", type=int, help="override the data loader processes per rank")
+    parser.add_argument("--losses", help=f"ablation: comma-separated terms to keep, of {', '.join(TERMS)} (or L1..L4)")
+
+
+def load_train_config(args: argparse.Namespace) -> TrainConfig:
+    config = from_dict(TrainConfig, read_json(args.config), where=args.config) if args.config else TrainConfig()
+    if args.backbone:
+        config.model.backbone.name = args.backbone
+    if args.pretrained:
+        config.model.backbone.pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    overrides = {"iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr, "workers": args.workers}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.losses:
+        keep = set()
+        for name in (n.strip() for n in args.losses.split(",")):
+            if name.upper() in ("L1", "L2", "L3", "L4"):
+                name = TERMS[int(name[1]) - 1]
+            if name not in TERMS:
+                raise UserError(f"unknown loss term '{name}' (terms: {', '.join(TERMS)} or L1..L4)")
+            keep.add(name)
+        for name in TERMS:
+            if name not in keep:
+                setattr(config.loss, name, 0.0)
+    if config.iterations < 1 or config.batch_size < 1 or config.lr <= 0:
+        raise UserError("iterations and batch size must be >= 1 and the learning rate > 0")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from synseg.train.trainer import LAST, Trainer
+
+    config = load_train_config(args)
+    out = Path(args.out)
+    if (out / LAST).exists() and not args.resume:
+        raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    device = args.device
+    if device == "auto" and "LOCAL_RANK" in os.environ:
+        import torch
+
+        device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
+    trainer = Trainer(config, args.data, args.phrases, out, resolve_device(device), cache=args.cache)
+    if args.resume:
+        trainer.resume()
+    trainer.fit()
+    if trainer.dist.main:
+        print(f"trained {config.iterations} iterations; checkpoint: {out / 'final'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,1 @@
+"""Training data: caption sources, noun-phrase extraction and the image + phrase datasets."""

@@ -1,0 +1,73 @@
+"""Multi-Category Contrastive Learning (paper Eq. 3-8, METHOD.md 3) over the FSS synergy vectors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TERMS = ("intra_align", "intra_separate", "inter_background", "inter_foreground")
+SIMILARITIES = ("shifted", "clamped_cos")
+
+
+@dataclass
+class LossConfig:
+    """Weights of L1..L4 (0 switches a term off, as in the paper's ablation) and the similarity's details."""
+
+    intra_align: float = 1.0  # L1: fg_k close to its text t_k
+    intra_separate: float = 1.0  # L2: fg_k away from bg_k, only where cos(fg_k, bg_k) > separation_gate
+    inter_background: float = 1.0  # L3: backgrounds of the categories of one image close to each other
+    inter_foreground: float = 1.0  # L4: foregrounds of different categories of one image apart
+    separation_gate: float = 0.1
+    similarity: str = "shifted"  # (1 + cos) / 2; "clamped_cos" is CCAM's clamp of raw cos
+    eps: float = 5e-4
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+
+
+def similarity(cos: torch.Tensor, config: LossConfig) -> torch.Tensor:
+    """Cosine mapped into (0, 1) and clamped to [eps, 1 - eps] so both -log s and -log(1 - s) stay finite."""
+    s = (1 + cos) / 2 if config.similarity == "shifted" else cos
+    return s.clamp(config.eps, 1 - config.eps)
+
+
+def per_image_mean(values: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, images: int) -> torch.Tensor:
+    """Mean within each image of the masked values, then the mean over the images that have any."""
+    weight = mask.to(values.dtype)
+    sums = torch.zeros(images, dtype=values.dtype, device=values.device).index_add_(0, image, values * weight)
+    counts = torch.zeros(images, dtype=values.dtype, device=values.device).index_add_(0, image, weight)
+    present = counts > 0
+    if not present.any():
+        return values.sum() * 0.0
+    return (sums[present] / counts[present]).mean()
+
+
+def mccl_loss(
+    foreground: torch.Tensor, background: torch.Tensor, text: torch.Tensor, image_index: torch.Tensor, config: LossConfig
+) -> dict[str, torch.Tensor]:
+    """The four MCCL terms and their weighted total for N (image, category) pairs; pairs of one image share image_index."""
+    fg, bg, t = (F.normalize(x.float(), dim=-1) for x in (foreground, background, text))
+    images = int(image_index.max()) + 1
+    everyone = torch.ones_like(image_index, dtype=torch.bool)
+    terms: dict[str, torch.Tensor] = {}
+    if config.intra_align:
+        terms["intra_align"] = per_image_mean(-torch.log(similarity((fg * t).sum(-1), config)), image_index, everyone, images)
+    if config.intra_separate:
+        cos = (fg * bg).sum(-1)
+        gate = cos.detach() > config.separation_gate
+        terms["intra_separate"] = per_image_mean(-torch.log(1 - similarity(cos, config)), image_index, gate, images)
+    if config.inter_background or config.inter_foreground:
+        same_image = image_index[:, None] == image_index[None, :]
+        pairs = same_image & ~torch.eye(len(image_index), dtype=torch.bool, device=image_index.device)
+        pair_image = image_index[:, None].expand_as(pairs)[pairs]
+        pair_mask = torch.ones_like(pair_image, dtype=torch.bool)
+        if config.inter_background:
+            s = similarity((bg @ bg.T)[pairs], config)
+            terms["inter_background"] = per_image_mean(-torch.log(s), pair_image, pair_mask, images)
+        if config.inter_foreground:
+            s = similarity((fg @ fg.T)[pairs], config)
+            terms["inter_foreground"] = per_image_mean(-torch.log(1 - s), pair_image, pair_mask, images)
+    terms["total"] = sum(getattr(config, name) * value for name, value in terms.items())
+    return terms

@@ -1,0 +1,1 @@
+"""Training: `TrainConfig`, the `Trainer` loop, and the frozen-feature cache. `python -m synseg.train` = `synseg train`."""

@@ -1,0 +1,79 @@
+"""MCCL and FSS against values computed by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from synseg.losses import LossConfig, mccl_loss
+from synseg.models.fss import synergy_vectors, token_activations
+
+
+def unit(*v: float) -> torch.Tensor:
+    x = torch.tensor(v, dtype=torch.float32)
+    return x / x.norm()
+
+
+def test_synergy_vectors_are_activation_weighted_means():
+    features = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]])  # one pair, HW = 3, D = 2
+    activations = torch.tensor([[1.0, 0.0, 0.5]])
+    fg, bg = synergy_vectors(activations, features, eps=0.0)
+    torch.testing.assert_close(fg, torch.tensor([[(1 + 1) / 1.5, (0 + 1) / 1.5]]))
+    torch.testing.assert_close(bg, torch.tensor([[(0 + 1) / 1.5, (1 + 1) / 1.5]]))
+
+
+def test_token_activations_average_each_patch():
+    logits = torch.zeros(1, 1, 4, 4)
+    logits[..., :2, :2] = 100.0  # top-left patch fully on
+    torch.testing.assert_close(token_activations(logits, 2), torch.tensor([[1.0, 0.5, 0.5, 0.5]]))
+
+
+def test_two_categories_by_hand():
+    # image 0 has categories a, b; image 1 has one category c
+    fg = torch.stack([unit(1, 0, 0), unit(0, 1, 0), unit(1, 1, 0)])
+    bg = torch.stack([unit(1, 1, 0), unit(0, 0, 1), unit(-1, 0, 0)])
+    text = torch.stack([unit(1, 0, 0), unit(1, 1, 0), unit(0, 0, 1)])
+    image = torch.tensor([0, 0, 1])
+    terms = mccl_loss(fg, bg, text, image, LossConfig())
+    s = lambda c: min(max((1 + c) / 2, 5e-4), 1 - 5e-4)  # noqa: E731
+    r = 1 / math.sqrt(2)
+    l1_image0 = (-math.log(s(1.0)) - math.log(s(r))) / 2
+    l1_image1 = -math.log(s(0.0))
+    assert terms["intra_align"].item() == pytest.approx((l1_image0 + l1_image1) / 2, rel=1e-5)
+    # fg.bg cosines: a: r (> 0.1, kept), b: 0 (gated out), c: -r (gated out) -> only image 0 has the term
+    assert terms["intra_separate"].item() == pytest.approx(-math.log(1 - s(r)), rel=1e-5)
+    # image 0's ordered pairs (a, b) and (b, a): cos(bg_a, bg_b) = 0, cos(fg_a, fg_b) = 0; image 1 has no pairs
+    assert terms["inter_background"].item() == pytest.approx(-math.log(s(0.0)), rel=1e-5)
+    assert terms["inter_foreground"].item() == pytest.approx(-math.log(1 - s(0.0)), rel=1e-5)
+    expected_total = sum(terms[k].item() for k in ("intra_align", "intra_separate", "inter_background", "inter_foreground"))
+    assert terms["total"].item() == pytest.approx(expected_total, rel=1e-6)
+
+
+def test_weights_switch_terms_off_and_scale_them():
+    torch.manual_seed(0)
+    fg, bg, text = torch.randn(3, 6, 8).unbind(0)
+    image = torch.tensor([0, 0, 0, 1, 1, 2])
+    full = mccl_loss(fg, bg, text, image, LossConfig())
+    only = mccl_loss(fg, bg, text, image, LossConfig(intra_separate=0, inter_background=0, inter_foreground=0, intra_align=2.0))
+    assert set(only) == {"intra_align", "total"}
+    assert only["total"].item() == pytest.approx(2 * full["intra_align"].item(), rel=1e-6)
+
+
+def test_single_category_images_have_no_inter_terms():
+    fg, bg, text = torch.randn(3, 2, 8).unbind(0)
+    terms = mccl_loss(fg, bg, text, torch.tensor([0, 1]), LossConfig())
+    assert terms["inter_background"].item() == 0 and terms["inter_foreground"].item() == 0
+
+
+def test_gradients_flow_where_the_raw_cosine_is_negative():
+    """The shifted similarity keeps L1's gradient alive for fg pointing away from its text (a raw-cos clamp kills it)."""
+    fg = unit(-1, 0.2).unsqueeze(0).requires_grad_()
+    text, bg = unit(1, 0).unsqueeze(0), unit(0, 1).unsqueeze(0)
+    shifted = mccl_loss(fg, bg, text, torch.tensor([0]), LossConfig(intra_separate=0))
+    shifted["total"].backward()
+    assert fg.grad.abs().sum() > 0
+    fg.grad = None
+    clamped = mccl_loss(fg, bg, text, torch.tensor([0]), LossConfig(intra_separate=0, similarity="clamped_cos"))
+    clamped["total"].backward()
+    assert fg.grad.abs().sum() == 0

@@ -1,0 +1,160 @@
+"""Training as users rely on it: the loss falls, a killed run resumes to the same weights, DDP ranks agree, the cache is exact."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+TINY_CONFIG = {
+    "model": {"backbone": {"name": "synseg-tiny", "pretrained": None}, "decoder": {"ffn_dim": 128}},
+    "batch_size": 8,
+    "max_phrases": 3,
+    "lr": 0.003,
+    "warmup": 2,
+    "workers": 0,
+    "log_every": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory) -> tuple[Path, Path]:
+    """The real COCO captions sample and its phrases (spaCy run once for the module)."""
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "coco_captions"
+    if not folder.is_dir():
+        pytest.skip("../shared not present: real-data fixtures are only in the dev checkout")
+    phrases = tmp_path_factory.mktemp("phrases") / "phrases.jsonl"
+    subprocess.run([sys.executable, "-m", "synseg.cli", "phrases", str(folder), "--out", str(phrases)], check=True, capture_output=True)
+    return folder, phrases
+
+
+def config_file(tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({**TINY_CONFIG, **changes}))
+    return path
+
+
+def train_command(data: Path, phrases: Path, out: Path, config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "synseg.cli", "train", "--data", str(data), "--phrases", str(phrases),
+            "--out", str(out), "--config", str(config), *extra]
+
+
+def test_loss_falls_and_segment_loads_the_result(captions, tmp_path):
+    data, phrases = captions
+    out = tmp_path / "run"
+    subprocess.run(train_command(data, phrases, out, config_file(tmp_path, iterations=24)), check=True, capture_output=True)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 25))
+    assert {"intra_align", "intra_separate", "inter_background", "inter_foreground", "lr", "samples_per_s"} <= set(log[0])
+    first, last = sum(r["total"] for r in log[:4]) / 4, sum(r["total"] for r in log[-4:]) / 4
+    assert last < 0.8 * first, (first, last)
+    image = sorted((data / "images").glob("*.jpg"))[0]
+    result = subprocess.run([sys.executable, "-m", "synseg.cli", "segment", str(image), "--labels", "person, table",
+                             "--checkpoint", str(out / "final"), "--out", str(tmp_path / "masks"), "--views", "1"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "masks" / f"{image.stem}.png").is_file()
+
+
+def test_killed_run_resumes_to_the_same_weights(captions, tmp_path):
+    data, phrases = captions
+    config = config_file(tmp_path, iterations=10, checkpoint_every=2)
+    straight = tmp_path / "straight"
+    subprocess.run(train_command(data, phrases, straight, config), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(train_command(data, phrases, killed, config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "last" / "train_state.pt").exists() or _logged_steps(killed) < 5:
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "final").exists()
+    again = subprocess.run(train_command(data, phrases, killed, config), capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never silently restarts over a run
+    subprocess.run(train_command(data, phrases, killed, config, "--resume"), check=True, capture_output=True)
+
+    a, b = load_file(str(straight / "final" / "model.safetensors")), load_file(str(killed / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
+
+
+def _logged_steps(run: Path) -> int:
+    log = run / "log.jsonl"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def _ddp_worker(rank: int, world: int, data: str, phrases: str, out: str, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from synseg.config import from_dict
+    from synseg.train.config import TrainConfig
+    from synseg.train.trainer import Trainer
+
+    config = from_dict(TrainConfig, {**TINY_CONFIG, "iterations": 4})
+    trainer = Trainer(config, data, phrases, out, torch.device("cpu"))
+    model = trainer.fit()
+    save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()}, f"{out}/rank{rank}.safetensors")
+    keys = trainer.data.dataset.stats["images"]
+    Path(f"{out}/rank{rank}.json").write_text(json.dumps({"images": keys}))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_hold_identical_weights(captions, tmp_path):
+    data, phrases = captions
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(data), str(phrases), str(tmp_path), port), nprocs=2)
+    a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    initial = {k: v for k, v in _fresh_weights().items()}
+    assert any(not torch.equal(a[k], initial[k]) for k in a), "training changed nothing"
+    for rank in (0, 1):  # each rank read its own half of the global batch
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text())["images"] == 4 * TINY_CONFIG["batch_size"] // 2
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+
+
+def _fresh_weights() -> dict[str, torch.Tensor]:
+    from synseg.config import from_dict
+    from synseg.models import build_synseg
+    from synseg.train.config import TrainConfig
+    from synseg.train.trainer import seed_everything
+
+    config = from_dict(TrainConfig, TINY_CONFIG)
+    seed_everything(config.seed)
+    return build_synseg(config.model).trainable_state_dict()
+
+
+def test_cache_gives_the_first_step_loss_of_training_from_images(captions, tmp_path):
+    from synseg.config import from_dict
+    from synseg.train.config import TrainConfig
+    from synseg.train.trainer import Trainer
+
+    data, phrases = captions
+    config = from_dict(TrainConfig, TINY_CONFIG)
+    losses = {}
+    for name, cache in [("images", None), ("cache, cold", tmp_path / "cache"), ("cache, warm", tmp_path / "cache")]:
+        trainer = Trainer(config, str(data), str(phrases), tmp_path / name, torch.device("cpu"), cache=cache)
+        batch = next(iter(trainer.data))
+        torch.manual_seed(0)  # the same dropout masks
+        losses[name] = trainer.loss(batch.images, batch.phrases, batch.keys)["total"].item()
+        if cache:
+            trainer.cache.save_text()
+    assert trainer.cache.hits == config.batch_size and trainer.cache.misses == 0
+    assert losses["cache, cold"] == losses["cache, warm"]
+    assert losses["cache, warm"] == pytest.approx(losses["images"], rel=2e-3)  # fp16 storage
