@@ -1,6 +1,7 @@
 """Benchmark readers: class lists, label conventions on the real samples, and one-message layout errors."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -160,3 +161,28 @@ def test_empty_split_and_colour_labels_are_errors(real_data, tmp_path):
     ade = get_benchmark("ade", tmp_path)
     with pytest.raises(UserError, match="is a RGB image; expected a single-channel PNG"):
         ade.read_label(ade.samples[0].label_path)
+
+
+def test_folder_benchmark_reads_its_own_class_list(tmp_path):
+    from synseg.cli import main
+
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (tmp_path / sub).mkdir(parents=True)
+    (tmp_path / "classes.txt").write_text("grass\nred circle\nblue star\n")
+    labels = np.zeros((12, 16), dtype=np.uint8)
+    labels[2:6, 3:9], labels[8:, 10:] = 1, 2
+    Image.fromarray(np.zeros((12, 16, 3), dtype=np.uint8)).save(tmp_path / "JPEGImages" / "a.png")
+    Image.fromarray(labels).save(tmp_path / "SegmentationClass" / "a.png")
+    (tmp_path / "ImageSets/Segmentation/val.txt").write_text("a\n")
+    benchmark = get_benchmark("folder", tmp_path)
+    assert benchmark.class_names() == ("grass", "red circle", "blue star") and not benchmark.has_background
+    assert benchmark.prompt_labels() == ["grass", "red circle", "blue star"]
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    Image.fromarray(labels).save(predictions / "a.png")
+    assert main(["eval", "--benchmark", "folder", "--root", str(tmp_path), "--predictions", str(predictions),
+                 "--json", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["results"][0]["miou"] == 100.0
+    (tmp_path / "classes.txt").unlink()
+    with pytest.raises(UserError, match="classes.txt"):
+        get_benchmark("folder", tmp_path)

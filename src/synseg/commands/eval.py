@@ -47,11 +47,12 @@ def split_list(text: str, what: str, choices) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def list_classes(names: list[str]) -> None:
+def list_classes(names: list[str], roots: list[str]) -> None:
     for name in names:
         if len(names) > 1:
             print(f"# {name}")
-        for index, class_name in enumerate(benchmark_class(name).class_names()):
+        source = get_benchmark(name, roots_by_benchmark(roots, [name])[name]) if name == "folder" else benchmark_class(name)
+        for index, class_name in enumerate(source.class_names()):
             print(f"{index}\t{class_name}")
 
 
@@ -119,7 +120,7 @@ def build_predictors(args: argparse.Namespace, methods: list[str]) -> dict[str, 
 def run(args: argparse.Namespace) -> int:
     names = split_list(args.benchmark, "benchmark", BENCHMARKS)
     if args.list_classes:
-        list_classes(names)
+        list_classes(names, args.root)
         return 0
     methods = check_arguments(args)
     roots = roots_by_benchmark(args.root, names)

@@ -16,7 +16,7 @@ from synseg.models.backbone import ClipBackbone
 class FeatureCache:
     """One file per image under DIR/xx/; DIR/meta.json names the backbone, so a cache is never read for another."""
 
-    def __init__(self, root: str | Path, backbone: ClipBackbone) -> None:
+    def __init__(self, root: str | Path, backbone: ClipBackbone, templates: tuple[str, ...]) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         meta = {"backbone": backbone.config.name, "pretrained": backbone.config.pretrained,
@@ -31,15 +31,16 @@ class FeatureCache:
                 tmp.write_text(json.dumps(meta))
         self.backbone = backbone
         self.hits = self.misses = 0
-        self.text_path = self.root / "text.safetensors"
+        self.templates = tuple(templates)
+        self.text_path = self.root / f"text-{hashlib.sha1(repr(self.templates).encode()).hexdigest()[:12]}.safetensors"
         self.text = {k: v.float() for k, v in load_file(str(self.text_path)).items()} if self.text_path.exists() else {}
         self.text_dirty = False
 
-    def embed_phrases(self, phrases: list[str], templates: tuple[str, ...]) -> torch.Tensor:
-        """Phrase embeddings [N, E], computed once ever and kept in DIR/text.safetensors."""
+    def embed_phrases(self, phrases: list[str]) -> torch.Tensor:
+        """Phrase embeddings [N, E], computed once ever and kept in DIR/text-<templates>.safetensors."""
         missing = [p for p in dict.fromkeys(phrases) if p not in self.text]
         if missing:
-            for phrase, embedding in zip(missing, self.backbone.embed_labels(missing, templates).cpu()):
+            for phrase, embedding in zip(missing, self.backbone.embed_labels(missing, self.templates).cpu()):
                 self.text[phrase] = embedding.half().float()
             self.text_dirty = True
         return torch.stack([self.text[p] for p in phrases]).to(self.backbone.device)

@@ -18,6 +18,9 @@ class TrainConfig:
     warmup: int = 500
     seed: int = 42
     max_phrases: int = 8  # K: categories per image
+    # Phrases are embedded with one template: the 8-template ensemble costs 8 text-tower passes per phrase, more than
+    # the image encoder on a training batch. Inference keeps the ensemble (`model.templates`).
+    phrase_templates: tuple[str, ...] = ("a photo of a {}.",)
     workers: int = 4  # data loader processes per rank; the data order depends on it, so resume with the same number
     resize: str = "stretch"  # "stretch" to SxS (as inference does) or "crop" (short side, centre crop)
     shuffle_buffer: int = 1000  # tar shards: samples held to shuffle within a shard

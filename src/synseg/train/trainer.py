@@ -103,7 +103,7 @@ class Trainer:
         )
         dataset = CaptionPhraseDataset(phrases, data, data_config, rank=self.dist.rank, world_size=self.dist.world)
         self.data = PhraseLoader(dataset, pin_memory=device.type == "cuda")
-        self.cache = FeatureCache(cache, self.model.backbone) if cache else None
+        self.cache = FeatureCache(cache, self.model.backbone, config.phrase_templates) if cache else None
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
@@ -164,10 +164,9 @@ class Trainer:
         return self.model.backbone.encode_image(pixels)
 
     def text(self, phrases: list[str]) -> torch.Tensor:
-        templates = self.config.model.templates
         if self.cache is not None:
-            return self.cache.embed_phrases(phrases, templates)
-        return self.model.backbone.embed_labels(phrases, templates)
+            return self.cache.embed_phrases(phrases)
+        return self.model.backbone.embed_labels(phrases, self.config.phrase_templates)
 
     def loss(self, images: torch.Tensor, phrases: list[list[str]], keys: list[str]) -> dict[str, torch.Tensor]:
         tokens = self.features(images, keys)

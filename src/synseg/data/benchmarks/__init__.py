@@ -8,10 +8,11 @@ from synseg.data.benchmarks.base import IGNORE_INDEX, Benchmark, Sample
 from synseg.data.benchmarks.cityscapes import Cityscapes
 from synseg.data.benchmarks.coco import COCOObject, COCOStuff
 from synseg.data.benchmarks.context import Context
+from synseg.data.benchmarks.folder import Folder
 from synseg.data.benchmarks.voc import VOC
 from synseg.errors import UserError
 
-BENCHMARKS: dict[str, type[Benchmark]] = {cls.name: cls for cls in (VOC, Context, COCOObject, COCOStuff, Cityscapes, ADE)}
+BENCHMARKS: dict[str, type[Benchmark]] = {cls.name: cls for cls in (VOC, Context, COCOObject, COCOStuff, Cityscapes, ADE, Folder)}
 
 
 def benchmark_class(name: str) -> type[Benchmark]:

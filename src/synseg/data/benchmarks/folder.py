@@ -1,0 +1,40 @@
+"""Your own data in VOC's layout, with its class list beside it: ROOT/{JPEGImages, SegmentationClass, ImageSets/Segmentation/val.txt, classes.txt}.
+
+`classes.txt` holds one class name per line in label-index order; a first class named "background" makes it a
+benchmark with a background class (decided by the method's threshold). Images may be .jpg or .png.
+"""
+from __future__ import annotations
+
+from synseg.data.benchmarks.base import LayoutProblems, ListedSplit, Sample, pair_from_list
+
+
+class Folder(ListedSplit):
+    name = "folder"
+    title = "Folder"
+    label_dir = "SegmentationClass"
+    split_file = "ImageSets/Segmentation/val.txt"
+    layout = "ROOT/{JPEGImages, SegmentationClass, ImageSets/Segmentation/val.txt, classes.txt}"
+
+    def _find_samples(self, problems: LayoutProblems) -> list[Sample]:
+        classes = self.base / "classes.txt"
+        if problems.missing(classes):
+            return []
+        self.names = tuple(line.strip() for line in classes.read_text(encoding="utf-8").splitlines() if line.strip())
+        if not self.names:
+            problems.items.append(f"{classes} lists no class")
+            return []
+        self.has_background = self.names[0] == "background"
+        images, labels, split = self.base / self.image_dir, self.base / self.label_dir, self.base / self.split_file
+        if any([problems.missing(images), problems.missing(labels), problems.missing(split)]):
+            return []
+        suffix = ".png" if any(images.glob("*.png")) and not any(images.glob("*.jpg")) else ".jpg"
+        return pair_from_list(split, images, suffix, labels, ".png", problems)
+
+    def class_names(self) -> tuple[str, ...]:  # type: ignore[override]  # per folder, not per class
+        return self.names
+
+    def num_classes(self) -> int:  # type: ignore[override]
+        return len(self.names)
+
+    def prompt_labels(self) -> list[str]:  # type: ignore[override]
+        return list(self.names[1:] if self.has_background else self.names)
