@@ -36,7 +36,7 @@ def test_two_categories_by_hand():
     text = torch.stack([unit(1, 0, 0), unit(1, 1, 0), unit(0, 0, 1)])
     image = torch.tensor([0, 0, 1])
     terms = mccl_loss(fg, bg, text, image, LossConfig())
-    s = lambda c: min(max((1 + c) / 2, 5e-4), 1 - 5e-4)  # noqa: E731
+    s = lambda c: 5e-4 + (1 - 1e-3) * (1 + c) / 2  # noqa: E731
     r = 1 / math.sqrt(2)
     l1_image0 = (-math.log(s(1.0)) - math.log(s(r))) / 2
     l1_image1 = -math.log(s(0.0))
@@ -64,6 +64,16 @@ def test_single_category_images_have_no_inter_terms():
     fg, bg, text = torch.randn(3, 2, 8).unbind(0)
     terms = mccl_loss(fg, bg, text, torch.tensor([0, 1]), LossConfig())
     assert terms["inter_background"].item() == 0 and terms["inter_foreground"].item() == 0
+
+
+def test_separation_trains_even_when_fg_equals_bg():
+    """At initialisation near-uniform activation maps make fg ~ bg; L2 must still have a gradient there."""
+    bg = unit(1, 0, 0).unsqueeze(0)
+    fg = bg.clone().requires_grad_()
+    terms = mccl_loss(fg + 1e-4 * unit(0, 1, 0), bg, unit(0, 0, 1).unsqueeze(0), torch.tensor([0]), LossConfig(intra_align=0))
+    assert terms["intra_separate"].item() == pytest.approx(-math.log(5e-4), rel=1e-3)
+    terms["total"].backward()
+    assert fg.grad.abs().sum() > 0
 
 
 def test_gradients_flow_where_the_raw_cosine_is_negative():

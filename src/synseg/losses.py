@@ -19,7 +19,7 @@ class LossConfig:
     inter_background: float = 1.0  # L3: backgrounds of the categories of one image close to each other
     inter_foreground: float = 1.0  # L4: foregrounds of different categories of one image apart
     separation_gate: float = 0.1
-    similarity: str = "shifted"  # (1 + cos) / 2; "clamped_cos" is CCAM's clamp of raw cos
+    similarity: str = "shifted"  # (1 + cos) / 2 squeezed into [eps, 1 - eps]; "clamped_cos" is CCAM's clamp of raw cos
     eps: float = 5e-4
 
     def __post_init__(self) -> None:
@@ -28,9 +28,14 @@ class LossConfig:
 
 
 def similarity(cos: torch.Tensor, config: LossConfig) -> torch.Tensor:
-    """Cosine mapped into (0, 1) and clamped to [eps, 1 - eps] so both -log s and -log(1 - s) stay finite."""
-    s = (1 + cos) / 2 if config.similarity == "shifted" else cos
-    return s.clamp(config.eps, 1 - config.eps)
+    """Cosine mapped into [eps, 1 - eps] so both -log s and -log(1 - s) stay finite.
+
+    "shifted" squeezes (1 + cos) / 2 affinely instead of clamping it: a clamp has no gradient where it binds, and at
+    initialisation the activation maps are near-uniform, so fg ~ bg and cos(fg, bg) ~ 1 would pin L2 at the clamp.
+    """
+    if config.similarity == "shifted":
+        return config.eps + (1 - 2 * config.eps) * (1 + cos) / 2
+    return cos.clamp(config.eps, 1 - config.eps)
 
 
 def per_image_mean(values: torch.Tensor, image: torch.Tensor, mask: torch.Tensor, images: int) -> torch.Tensor:
