@@ -1,5 +1,7 @@
 """Your own data in VOC's layout, with its class list beside it: ROOT/{JPEGImages, SegmentationClass, ImageSets/Segmentation/val.txt, classes.txt}.
 
+The split list is `val.txt`, or the only list in `ImageSets/Segmentation` when there is just one (e.g. `test.txt`).
+
 `classes.txt` holds one class name per line in label-index order; a first class named "background" makes it a
 benchmark with a background class (decided by the method's threshold). Images may be .jpg or .png.
 """
@@ -25,6 +27,9 @@ class Folder(ListedSplit):
             return []
         self.has_background = self.names[0] == "background"
         images, labels, split = self.base / self.image_dir, self.base / self.label_dir, self.base / self.split_file
+        lists = sorted(split.parent.glob("*.txt"))
+        if not split.exists() and len(lists) == 1:
+            split = lists[0]
         if any([problems.missing(images), problems.missing(labels), problems.missing(split)]):
             return []
         suffix = ".png" if any(images.glob("*.png")) and not any(images.glob("*.jpg")) else ".jpg"

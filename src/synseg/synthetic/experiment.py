@@ -1,0 +1,214 @@
+"""The synthetic-world experiment: the real pipeline (`phrases`, `train`, `eval`) on a world with known ground truth,
+for SynSeg, its loss ablations, the MaskCLIP baseline, a supervised upper bound and chance, over several seeds.
+
+Every step calls the same `synseg` commands a user runs (in-process, to skip interpreter start-up); only the
+supervised upper bound, which needs ground-truth masks that captions do not give, has a loop of its own.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from synseg.checkpoint import save_model
+from synseg.cli import main as synseg
+from synseg.config import from_dict, write_json
+from synseg.data.benchmarks import get_benchmark
+from synseg.errors import UserError
+from synseg.eval.evaluator import evaluate
+from synseg.eval.metric import ConfusionMatrix
+from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
+from synseg.synthetic.world import CLASSES, SEEN_THINGS, STUFF, UNSEEN_THINGS, write_split
+from synseg.train.config import TrainConfig
+
+ARCHITECTURE = "synseg-world-clip"
+SHIPPED_CLIP = Path(__file__).resolve().parents[1] / "assets" / "world-clip.safetensors"
+ALL = ("intra_align", "intra_separate", "inter_background", "inter_foreground")
+# name -> loss terms kept (None: not trained from captions)
+VARIANTS: dict[str, tuple[str, ...] | None] = {
+    "SynSeg (L1+L2+L3+L4)": ALL,
+    "w/o L1": ALL[1:],
+    "w/o L2": (ALL[0], ALL[2], ALL[3]),
+    "w/o L3": (ALL[0], ALL[1], ALL[3]),
+    "w/o L4": ALL[:3],
+    "L1 only (single-category alignment)": ALL[:1],
+    "MaskCLIP (training-free)": None,
+    "Supervised decoder (upper bound)": None,
+    "Chance (uniform random labels)": None,
+}
+
+
+@dataclass
+class WorldConfig:
+    clip: str  # the world CLIP's weights (python -m synseg.synthetic.tiny_clip)
+    train_scenes: int = 3000
+    test_scenes: int = 300
+    scene_size: int = 96
+    world_seed: int = 1
+    seeds: tuple[int, ...] = (0, 1, 2)
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    train: dict = field(default_factory=lambda: {
+        "iterations": 300, "batch_size": 64, "lr": 0.001, "warmup": 20, "max_phrases": 4, "workers": 0,
+        "checkpoint_every": 1000, "log_every": 10,
+    })
+    decoder: dict = field(default_factory=lambda: {"ffn_dim": 256})
+    views: int = 1  # 96-px scenes: quadrant views would only upsample 48-px crops
+
+
+QUICK = {"train_scenes": 600, "test_scenes": 80, "seeds": (0,),
+         "variants": ("SynSeg (L1+L2+L3+L4)", "MaskCLIP (training-free)", "Chance (uniform random labels)"),
+         "train": {"iterations": 80, "batch_size": 32, "lr": 0.002, "warmup": 5, "max_phrases": 4, "workers": 0,
+                   "checkpoint_every": 1000, "log_every": 10}}
+
+
+def model_config(config: WorldConfig) -> SynSegConfig:
+    return SynSegConfig(backbone=BackboneConfig(ARCHITECTURE, config.clip), decoder=DecoderConfig(**config.decoder))
+
+
+def build_world(config: WorldConfig, root: Path) -> tuple[Path, Path]:
+    """Train and test splits in their own folders (test captions name held-out things: they must not be mined)."""
+    train, test = root / "train", root / "test"
+    if not (train / "captions.jsonl").exists():
+        write_split(train, config.train_scenes, config.world_seed, "train", config.scene_size)
+    if not (test / "classes.txt").exists():
+        write_split(test, config.test_scenes, config.world_seed + 10_000, "test", config.scene_size)
+    return train, test
+
+
+def run_command(argv: list[str]) -> None:
+    code = synseg(argv)
+    if code:
+        raise UserError(f"`synseg {' '.join(argv[:1])}` failed with exit code {code}")
+
+
+def train_variant(config: WorldConfig, terms: tuple[str, ...], seed: int, data: Path, phrases: Path, out: Path,
+                  cache: Path) -> Path:
+    train = from_dict(TrainConfig, {**config.train, "seed": seed})
+    train.model = model_config(config)
+    for term in ALL:
+        if term not in terms:
+            setattr(train.loss, term, 0.0)
+    if not (out / "final" / "model.safetensors").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(asdict(train), out / "train.json")
+        resume = ["--resume"] if (out / "last").exists() else []
+        run_command(["train", "--data", str(data), "--phrases", str(phrases), "--out", str(out),
+                     "--config", str(out / "train.json"), "--cache", str(cache), *resume])
+    return out / "final"
+
+
+def train_supervised(config: WorldConfig, seed: int, data: Path, out: Path) -> Path:
+    """The same decoder trained on ground-truth masks (BCE per class present, plus as many absent ones)."""
+    if (out / "model.safetensors").exists():
+        return out
+    settings = config.train
+    torch.manual_seed(seed)
+    model = build_synseg(model_config(config))
+    benchmark_images = sorted((data / "JPEGImages").glob("*.png"))
+    rng = np.random.default_rng(seed)
+    backbone = model.backbone
+    names = list(CLASSES)
+    text = backbone.embed_labels(names, ("a photo of a {}.",))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=1e-4)
+    model.train()
+    from PIL import Image
+
+    for _ in tqdm(range(settings["iterations"]), desc="supervised", unit="it", file=sys.stderr):
+        picks = rng.choice(len(benchmark_images), settings["batch_size"], replace=False)
+        images, masks, pairs, classes = [], [], [], []
+        for row, i in enumerate(picks):
+            path = benchmark_images[i]
+            images.append(np.asarray(Image.open(path).convert("RGB")))
+            label = np.asarray(Image.open(data / "SegmentationClass" / path.name))
+            present = np.unique(label)
+            absent = rng.choice(np.setdiff1d(np.arange(len(names)), present), len(present), replace=False)
+            for c in np.concatenate([present, absent]):
+                pairs.append(row)
+                classes.append(int(c))
+                masks.append(label == c)
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+        pixels = F.interpolate(pixels, size=(backbone.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        target = torch.from_numpy(np.stack(masks)).float()[:, None]
+        target = F.interpolate(target, size=(backbone.image_size,) * 2, mode="area")
+        tokens = backbone.encode_image(backbone.normalize(pixels))
+        logits = model.decode(tokens, text[classes], torch.tensor(pairs)).logits
+        loss = F.binary_cross_entropy_with_logits(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return save_model(model.eval(), out)
+
+
+def evaluate_checkpoint(config: WorldConfig, test: Path, checkpoint: Path | None, out: Path, method: str = "synseg") -> dict:
+    if not out.exists():
+        model = ["--checkpoint", str(checkpoint)] if checkpoint else ["--backbone", ARCHITECTURE, "--pretrained", config.clip]
+        run_command(["eval", "--benchmark", "folder", "--root", str(test), *model, "--method", method,
+                     "--views", str(config.views), "--json", str(out)])
+    return json.loads(out.read_text())["results"][0]["per_class_iou"]
+
+
+def chance_iou(test: Path, seed: int) -> dict:
+    """Uniformly random labels, scored by the same metric: what 'no learning' looks like."""
+    benchmark = get_benchmark("folder", test)
+    rng = np.random.default_rng(seed)
+    result = evaluate(benchmark, lambda sample, size: rng.integers(0, benchmark.num_classes(), size), "chance", progress=False)
+    return result.to_json()["per_class_iou"]
+
+
+def summarise(per_class: dict) -> dict[str, float]:
+    """mIoU over seen things, unseen things, stuff, and all classes (classes absent from the split are left out)."""
+    def mean(names) -> float:
+        values = [per_class[n] for n in names if per_class.get(n) is not None]
+        return statistics.fmean(values) if values else float("nan")
+    return {"seen": mean(SEEN_THINGS), "unseen": mean(UNSEEN_THINGS), "stuff": mean(STUFF), "all": mean(CLASSES)}
+
+
+def run_experiment(config: WorldConfig, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    unknown = [v for v in config.variants if v not in VARIANTS]
+    if unknown:
+        raise UserError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    started = time.perf_counter()
+    train, test = build_world(config, out / "world")
+    phrases = out / "phrases.jsonl"
+    if not phrases.exists():
+        run_command(["phrases", str(train), "--out", str(phrases)])
+    cache = out / "cache"
+    scores: dict[str, list[dict[str, float]]] = {name: [] for name in config.variants}
+    for seed in config.seeds:
+        for index, name in enumerate(config.variants):
+            folder = out / "runs" / f"seed{seed}" / f"variant{index}"
+            if name.startswith("MaskCLIP"):
+                per_class = evaluate_checkpoint(config, test, None, out / "runs" / "maskclip.json", method="maskclip")
+            elif name.startswith("Chance"):
+                per_class = chance_iou(test, seed)
+            elif name.startswith("Supervised"):
+                per_class = evaluate_checkpoint(config, test, train_supervised(config, seed, train, folder / "final"), folder / "eval.json")
+            else:
+                final = train_variant(config, VARIANTS[name], seed, train, phrases, folder, cache)
+                per_class = evaluate_checkpoint(config, test, final, folder / "eval.json")
+            scores[name].append(summarise(per_class))
+    report = {"config": asdict(config), "minutes": round((time.perf_counter() - started) / 60, 1), "rows": {
+        name: {key: [run[key] for run in runs] for key in ("seen", "unseen", "stuff", "all")} for name, runs in scores.items()
+    }}
+    report["table"] = table(report["rows"])
+    write_json(report, out / "report.json")
+    return report
+
+
+def table(rows: dict[str, dict[str, list[float]]]) -> str:
+    def cell(values: list[float]) -> str:
+        mean = statistics.fmean(values)
+        return f"{mean:.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+    lines = ["| Method | seen things | unseen things | stuff | all classes |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | " + " | ".join(cell(r[k]) for k in ("seen", "unseen", "stuff", "all")) + " |" for name, r in rows.items()]
+    return "\n".join(lines)

@@ -1,0 +1,393 @@
+"""A synthetic world with known ground truth: coloured shapes ("things") on textured "stuff", with noisy captions.
+
+It exists so the whole method can be run and scored without downloading CLIP weights or a benchmark:
+images, per-pixel labels and captions all come from one seed. Some colour x shape combinations are held out
+of the training split (images and captions) and appear only in the test split, which makes it open-vocabulary.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from synseg.errors import UserError
+from synseg.io import atomic_path, ensure_writable_dir
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "orange": (250, 140, 10),
+    "yellow": (245, 225, 30),
+    "green": (30, 185, 55),
+    "blue": (35, 75, 225),
+    "purple": (150, 45, 190),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross")
+STUFF: tuple[str, ...] = ("grass", "water", "sand", "brick wall", "snow", "wooden floor")
+# One held-out shape per colour and one held-out colour per shape, so every word is still seen in training.
+UNSEEN: frozenset[tuple[str, str]] = frozenset(
+    {("red", "star"), ("orange", "heart"), ("yellow", "cross"), ("green", "circle"), ("blue", "square"),
+     ("purple", "triangle")}
+)
+
+THINGS: tuple[str, ...] = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
+SEEN_THINGS: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES if (c, s) not in UNSEEN)
+UNSEEN_THINGS: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES if (c, s) in UNSEEN)
+CLASSES: tuple[str, ...] = STUFF + THINGS
+SPLITS: dict[str, tuple[str, ...]] = {"train": SEEN_THINGS, "test": THINGS}
+
+# How captions name each stuff class: the plain name most of the time, sometimes a looser word, as people do.
+STUFF_PLACES: dict[str, tuple[str, ...]] = {
+    "grass": ("on the grass", "on grass", "on green grass", "in a field of grass", "on a lawn"),
+    "water": ("on the water", "floating on water", "in the water", "on the sea", "on a lake"),
+    "sand": ("on the sand", "on sand", "in the sand", "on a sandy beach", "on the beach"),
+    "brick wall": ("in front of a brick wall", "against a brick wall", "on a brick wall", "by an old brick wall",
+                   "against a wall of bricks"),
+    "snow": ("in the snow", "on snow", "on fresh snow", "on white snow", "in a snowfield"),
+    "wooden floor": ("on a wooden floor", "on the wooden floor", "on wood", "on a wooden table", "on old planks"),
+}
+STUFF_NOUNS: dict[str, tuple[str, ...]] = {
+    "grass": ("grass", "green grass", "a lawn"),
+    "water": ("water", "the sea", "a lake"),
+    "sand": ("sand", "a sandy beach", "the beach"),
+    "brick wall": ("a brick wall", "an old brick wall", "bricks"),
+    "snow": ("snow", "fresh snow", "a snowfield"),
+    "wooden floor": ("a wooden floor", "wood", "wooden planks"),
+}
+PREFIXES: tuple[str, ...] = ("a view of", "a photo of", "stock photo of", "an image of", "close-up of", "picture of",
+                             "illustration of", "there is", "look at")
+SUFFIXES: tuple[str, ...] = (" - stock photo", ", stock image", " in high resolution", ", royalty free", " on display",
+                             ", top view", " at noon")
+JOINERS: tuple[str, ...] = (" and ", " next to ", " beside ", " near ", " with ")
+
+
+@dataclass(frozen=True)
+class Thing:
+    """One object of a scene, in painting order; `pixels` counts what is left visible after occlusion."""
+
+    colour: str
+    shape: str
+    center: tuple[float, float]
+    radius: float
+    angle: float
+    pixels: int
+
+    @property
+    def phrase(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+    @property
+    def class_index(self) -> int:
+        return CLASSES.index(self.phrase)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """An image with its exact label map over `CLASSES`, the objects it holds and one noisy caption."""
+
+    image: np.ndarray
+    label_map: np.ndarray
+    stuff: str
+    objects: tuple[Thing, ...]
+    caption: str
+
+    @property
+    def largest(self) -> Thing | None:
+        return max(self.objects, key=lambda thing: thing.pixels, default=None)
+
+
+def indefinite(phrase: str) -> str:
+    """The phrase with "a" or "an" in front."""
+    return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (y, x), cached because every scene of one size reuses them."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    y.setflags(write=False)
+    x.setflags(write=False)
+    return y, x
+
+
+def _polygon(u: np.ndarray, v: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Even-odd point-in-polygon test over all pixels at once, one pass per edge."""
+    inside = np.zeros(u.shape, dtype=bool)
+    x0, y0 = vertices[-1]
+    for x1, y1 in vertices:
+        if y1 != y0:
+            crosses = ((y0 > v) != (y1 > v)) & (u < (x1 - x0) * (v - y0) / (y1 - y0) + x0)
+            inside ^= crosses
+        x0, y0 = x1, y1
+    return inside
+
+
+def _regular(points: int, radii: tuple[float, ...], turn: float = np.pi / 2) -> np.ndarray:
+    angles = turn + np.arange(points * len(radii)) * 2 * np.pi / (points * len(radii))
+    r = np.resize(np.asarray(radii), angles.shape)
+    return np.stack([r * np.cos(angles), r * np.sin(angles)], axis=1)
+
+
+_TRIANGLE = _regular(3, (1.15,)) + np.array([0.0, 0.15])
+_STAR = _regular(5, (1.1, 0.45))
+
+
+def shape_mask(shape: str, center: tuple[float, float], radius: float, angle: float, size: int) -> np.ndarray:
+    """Boolean mask of one shape; (u, v) are object coordinates in radii, v pointing up."""
+    y, x = _grid(size)
+    dx, dy = (x - center[0]) / radius, (center[1] - y) / radius
+    cos, sin = np.cos(angle), np.sin(angle)
+    u, v = cos * dx + sin * dy, -sin * dx + cos * dy
+    if shape == "circle":
+        return u * u + v * v <= 1.0
+    if shape == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.82
+    if shape == "triangle":
+        return _polygon(u, v, _TRIANGLE)
+    if shape == "star":
+        return _polygon(u, v, _STAR)
+    if shape == "heart":
+        hx, hy = 1.15 * u, 1.15 * v + 0.15
+        return (hx * hx + hy * hy - 1.0) ** 3 - hx * hx * hy ** 3 <= 0.0
+    if shape == "cross":
+        au, av = np.abs(u), np.abs(v)
+        return ((au <= 0.3) & (av <= 0.95)) | ((au <= 0.95) & (av <= 0.3))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _noise(rng: np.random.Generator, size: int, cells_y: int, cells_x: int) -> np.ndarray:
+    """Smooth value noise in [0, 1]: a coarse random grid, bilinearly upsampled."""
+    coarse = rng.random((cells_y + 1, cells_x + 1), dtype=np.float32)
+    ty = np.linspace(0, cells_y, size, endpoint=False, dtype=np.float32)
+    tx = np.linspace(0, cells_x, size, endpoint=False, dtype=np.float32)
+    iy, ix = ty.astype(int), tx.astype(int)
+    fy, fx = (ty - iy)[:, None], (tx - ix)[None, :]
+    top = coarse[iy][:, ix] * (1 - fx) + coarse[iy][:, ix + 1] * fx
+    bottom = coarse[iy + 1][:, ix] * (1 - fx) + coarse[iy + 1][:, ix + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: np.ndarray) -> np.ndarray:
+    """Per-pixel blend of two colours, t in [0, 1] of shape HxW -> HxWx3 float."""
+    a_, b_ = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return a_ + (b_ - a_) * t[..., None]
+
+
+def texture(stuff: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A float HxWx3 texture (0-255) for one stuff class, each with its own colour and structure at 64-128 px."""
+    y, x = _grid(size)
+    scale = size / 96.0 * rng.uniform(0.8, 1.25)
+    low = _noise(rng, size, 3, 3)
+    if stuff == "grass":
+        blades = _noise(rng, size, max(2, size // 24), max(4, size // 2))
+        image = _mix((40, 95, 25), (125, 175, 60), 0.6 * blades + 0.4 * low)
+    elif stuff == "water":
+        wobble = 0.25 * np.sin(2 * np.pi * x / (40 * scale) + rng.uniform(0, 2 * np.pi))
+        waves = 0.5 + 0.5 * np.sin(2 * np.pi * (y / (9 * scale) + wobble) + rng.uniform(0, 2 * np.pi))
+        image = _mix((20, 60, 130), (60, 130, 200), 0.5 * waves + 0.5 * low)
+        image = np.where((waves > 0.93)[..., None], np.float32(215), image)
+    elif stuff == "sand":
+        ripples = 0.5 + 0.5 * np.sin(2 * np.pi * (x + 0.6 * y) / (22 * scale) + 3 * low)
+        image = _mix((190, 160, 110), (232, 208, 160), 0.35 * ripples + 0.65 * low)
+        image = image + rng.normal(0, 14, (size, size, 1)).astype(np.float32)
+    elif stuff == "brick wall":
+        height = 11 * scale
+        rows = (y + rng.uniform(0, height)) / height
+        offset = (np.floor(rows) % 2) * height + rng.uniform(0, 2 * height)
+        bricks = np.floor(rows) * 61 + np.floor((x + offset) / (2 * height)) * 7
+        tone = rng.random(4096, dtype=np.float32)[(bricks % 4096).astype(int)]
+        image = _mix((135, 45, 30), (185, 85, 55), tone)
+        mortar = max(1.0, height / 8)
+        seam = (rows % 1.0 < mortar / height) | ((x + offset) % (2 * height) < mortar)
+        image = np.where(seam[..., None], np.float32(200), image)
+    elif stuff == "snow":
+        image = _mix((200, 212, 232), (248, 250, 255), 0.3 + 0.7 * low)
+        image = np.where((rng.random((size, size)) < 0.01)[..., None], np.float32(255), image)
+    elif stuff == "wooden floor":
+        plank = 16 * scale
+        boards = (y + rng.uniform(0, plank)) / plank
+        index = np.floor(boards)
+        grain = 0.5 + 0.5 * np.sin(2 * np.pi * (y / (3.5 * scale) + 2.5 * _noise(rng, size, 2, 6)))
+        tone = rng.uniform(0, 1, 256).astype(np.float32)[(index % 256).astype(int)]
+        image = _mix((110, 65, 30), (175, 120, 70), 0.45 * tone + 0.3 * grain + 0.25 * low)
+        seam = boards % 1.0 < max(1.0, plank / 12) / plank
+        image = np.where(seam[..., None], np.float32(60), image)
+    else:
+        raise ValueError(f"unknown stuff {stuff!r}")
+    return image + rng.normal(0, 4, (size, size, 3)).astype(np.float32)
+
+
+def _paint(image: np.ndarray, mask: np.ndarray, colour: str, rng: np.random.Generator) -> None:
+    """Fill a mask with a named colour, with the lighting and noise a photo would add (hue stays put)."""
+    y, x = _grid(image.shape[0])
+    direction = rng.normal(size=2)
+    ramp = (direction[0] * y[mask] + direction[1] * x[mask]) / (np.linalg.norm(direction) * image.shape[0])
+    shade = rng.uniform(0.9, 1.05) * (1.0 + 0.15 * ramp)
+    pixels = np.asarray(COLOURS[colour], np.float32) * shade[:, None]
+    image[mask] = pixels + rng.normal(0, 5, pixels.shape).astype(np.float32)
+
+
+def _describe(thing: Thing, size: int, rng: np.random.Generator) -> str:
+    words = thing.phrase
+    if rng.random() < 0.3:
+        if thing.radius < 0.13 * size:
+            words = f"{('small', 'tiny', 'little')[rng.integers(3)]} {words}"
+        elif thing.radius > 0.19 * size:
+            words = f"{('big', 'large')[rng.integers(2)]} {words}"
+    return indefinite(words)
+
+
+def _join(names: list[str], rng: np.random.Generator) -> str:
+    if len(names) == 2:
+        return names[0] + JOINERS[rng.integers(len(JOINERS))] + names[1]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+
+
+def make_caption(stuff: str, objects: tuple[Thing, ...], size: int, rng: np.random.Generator) -> str:
+    """A caption as the web writes them: salient objects usually named, others often left out, stock-photo noise."""
+    largest = max(objects, key=lambda thing: thing.pixels, default=None)
+    named = [t for t in objects if rng.random() < (0.92 if t is largest else 0.6)]
+    if not named and largest is not None and rng.random() < 0.9:
+        named = [largest]
+    if rng.random() < 0.5:
+        named.sort(key=lambda thing: -thing.pixels)
+    else:
+        named = [named[i] for i in rng.permutation(len(named))]
+    noun = STUFF_NOUNS[stuff][0 if rng.random() < 0.6 else rng.integers(len(STUFF_NOUNS[stuff]))]
+    place = STUFF_PLACES[stuff][0 if rng.random() < 0.5 else rng.integers(len(STUFF_PLACES[stuff]))]
+    if not named:
+        text = noun
+    else:
+        things = _join([_describe(t, size, rng) for t in named], rng)
+        form = rng.random()
+        if form < 0.5:
+            text = f"{things} {place}"
+        elif form < 0.65:
+            text = f"{things} with {noun} in the background"
+        elif form < 0.75:
+            text = f"{noun} with {things}"
+        else:
+            text = things
+    if rng.random() < 0.3 or not named:
+        text = f"{PREFIXES[rng.integers(len(PREFIXES))]} {text}"
+    if rng.random() < 0.15:
+        text += SUFFIXES[rng.integers(len(SUFFIXES))]
+    if rng.random() < 0.5:
+        text = text[0].upper() + text[1:]
+    return text + "." if rng.random() < 0.3 else text
+
+
+def make_scene(
+    seed: int | np.random.Generator,
+    size: int = 96,
+    split: str = "train",
+    stuff: str | None = None,
+    things: Sequence[str] | None = None,
+) -> Scene:
+    """One scene from a seed: 1-4 distinct things of the split's vocabulary on one stuff, each left >= 40% visible.
+
+    `stuff` and `things` pin what the scene holds (layout and caption still come from the seed); an object that
+    finds no place leaving the others visible is dropped.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if not 32 <= size <= 1024:
+        raise UserError(f"scene size must be 32-1024 px, got {size}")
+    vocabulary = SPLITS[split]
+    if stuff is not None and stuff not in STUFF:
+        raise UserError(f"unknown stuff {stuff!r}; choose from {', '.join(STUFF)}")
+    if things is not None and (not 1 <= len(things) <= 4 or len(set(things)) < len(things)
+                               or not set(things) <= set(vocabulary)):
+        raise UserError(f"things must be 1-4 distinct phrases of the {split} vocabulary, got {list(things)}")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    stuff = STUFF[rng.integers(len(STUFF))] if stuff is None else stuff
+    if things is None:
+        things = [vocabulary[i] for i in rng.permutation(len(vocabulary))[: rng.integers(1, 5)]]
+    image = texture(stuff, rng, size)
+    owner = np.full((size, size), -1, dtype=np.int64)
+    placed: list[tuple[str, str, tuple[float, float], float, float]] = []
+    masks: list[np.ndarray] = []
+    for phrase in things:
+        colour, shape = phrase.split(" ")
+        for _ in range(12):
+            radius = size * rng.uniform(0.09, 0.24)
+            center = (float(rng.uniform(0.6 * radius, size - 0.6 * radius)),
+                      float(rng.uniform(0.6 * radius, size - 0.6 * radius)))
+            angle = float(rng.uniform(-0.35, 0.35))
+            mask = shape_mask(shape, center, radius, angle, size)
+            trial = np.where(mask, len(masks), owner)
+            visible = np.bincount(trial[trial >= 0], minlength=len(masks) + 1)
+            if all(visible[i] >= 0.4 * m.sum() for i, m in enumerate(masks)):
+                owner = trial
+                placed.append((colour, shape, center, radius, angle))
+                masks.append(mask)
+                break
+    for (colour, *_), mask in zip(placed, masks):
+        _paint(image, mask, colour, rng)
+    counts = np.bincount(owner[owner >= 0], minlength=len(masks))
+    objects = tuple(Thing(c, s, ctr, r, a, int(n)) for (c, s, ctr, r, a), n in zip(placed, counts))
+    lookup = np.array([CLASSES.index(stuff)] + [t.class_index for t in objects], dtype=np.int64)
+    label_map = lookup[owner + 1]
+    pixels = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    return Scene(pixels, label_map, stuff, objects, make_caption(stuff, objects, size, rng))
+
+
+def scene_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The generator of scene `index` of a seed, so any one scene can be rebuilt without the ones before it."""
+    return np.random.default_rng([seed, stream, index])
+
+
+def palette() -> list[int]:
+    """The PASCAL VOC colour map, so label PNGs open in any viewer as VOC's do."""
+    labels = np.arange(256)
+    colours = np.zeros((256, 3), dtype=np.int64)
+    for bit in range(8):
+        for channel in range(3):
+            colours[:, channel] |= ((labels >> (3 * bit + channel)) & 1) << (7 - bit)
+    return colours.astype(np.uint8).flatten().tolist()
+
+
+def write_split(root: str | Path, n: int, seed: int, split: str = "train", size: int = 96) -> Path:
+    """Write `n` scenes in a VOC-like layout, with `captions.jsonl` ({image, caption} per line) beside them.
+
+    Images are lossless PNG. One split per folder: test captions name the held-out things, and a folder that
+    mixed them with training captions would leak those phrases into phrase mining.
+    """
+    if n < 1:
+        raise UserError(f"number of scenes must be at least 1, got {n}")
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    root = ensure_writable_dir(root)
+    lists = root / "ImageSets" / "Segmentation"
+    other = sorted(p.stem for p in lists.glob("*.txt") if p.stem != split) if lists.is_dir() else []
+    if other:
+        raise UserError(f"{root} already holds split {other[0]!r}; write each split into its own folder")
+    for folder in ("JPEGImages", "SegmentationClass"):
+        (root / folder).mkdir(exist_ok=True)
+    lists.mkdir(parents=True, exist_ok=True)
+    colours = palette()
+    names, records = [], []
+    for index in tqdm(range(n), desc=f"writing {split} scenes", unit="scene"):
+        scene = make_scene(scene_rng(seed, index), size, split)
+        name = f"{split}_{index:06d}"
+        with atomic_path(root / "JPEGImages" / f"{name}.png") as tmp:
+            Image.fromarray(scene.image).save(tmp, format="PNG")
+        label = Image.fromarray(scene.label_map.astype(np.uint8), mode="P")
+        label.putpalette(colours)
+        with atomic_path(root / "SegmentationClass" / f"{name}.png") as tmp:
+            label.save(tmp, format="PNG")
+        names.append(name)
+        records.append({"image": f"JPEGImages/{name}.png", "caption": scene.caption})
+    for path, text in (
+        (lists / f"{split}.txt", "".join(f"{name}\n" for name in names)),
+        (root / "classes.txt", "".join(f"{name}\n" for name in CLASSES)),
+        (root / "captions.jsonl", "".join(json.dumps(record) + "\n" for record in records)),
+    ):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return root

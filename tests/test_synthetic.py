@@ -1,0 +1,153 @@
+"""The synthetic world: deterministic, exact ground truth, a clean open-vocabulary split, a VOC-like writer,
+and a tiny CLIP that trains on it and saves a file open_clip loads."""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from synseg.errors import UserError
+from synseg.synthetic import (
+    CLASSES, COLOURS, SEEN_THINGS, STUFF, THINGS, UNSEEN_THINGS, make_scene, scene_rng, write_split,
+)
+from synseg.synthetic import tiny_clip
+
+
+def test_vocabulary_is_large_enough_and_split_cleanly() -> None:
+    assert len(THINGS) >= 30 and len(STUFF) >= 5
+    assert set(SEEN_THINGS).isdisjoint(UNSEEN_THINGS) and set(SEEN_THINGS) | set(UNSEEN_THINGS) == set(THINGS)
+    assert CLASSES == STUFF + THINGS and len(set(CLASSES)) == len(CLASSES)
+    seen_words = {word for phrase in SEEN_THINGS for word in phrase.split()}
+    assert all(set(phrase.split()) <= seen_words for phrase in UNSEEN_THINGS)
+
+
+def test_same_seed_same_scene_and_different_seed_different_scene() -> None:
+    a, b, c = make_scene(7), make_scene(np.random.default_rng(7)), make_scene(8)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.label_map, b.label_map)
+    assert a.caption == b.caption and a.objects == b.objects
+    assert not np.array_equal(a.image, c.image)
+
+
+@pytest.mark.parametrize("size", [96, 128])
+def test_ground_truth_matches_the_pixels(size: int) -> None:
+    palette = np.array(list(COLOURS.values()), dtype=np.float64)
+    for index in range(40):
+        scene = make_scene(scene_rng(3, index), size)
+        assert scene.image.shape == (size, size, 3) and scene.image.dtype == np.uint8
+        assert scene.label_map.shape == (size, size)
+        assert 1 <= len(scene.objects) <= 4
+        assert len({thing.phrase for thing in scene.objects}) == len(scene.objects)
+        present = set(np.unique(scene.label_map).tolist())
+        assert present <= {CLASSES.index(scene.stuff)} | {thing.class_index for thing in scene.objects}
+        for thing in scene.objects:
+            pixels = scene.image[scene.label_map == thing.class_index].astype(np.float64)
+            assert len(pixels) == thing.pixels > 0
+            nearest = np.linalg.norm(palette[None] - pixels.mean(0)[None], axis=2).argmin()
+            assert list(COLOURS)[nearest] == thing.colour
+
+
+def test_unseen_things_never_reach_training_images_or_captions() -> None:
+    unseen_ids = {CLASSES.index(phrase) for phrase in UNSEEN_THINGS}
+    test_phrases = set()
+    for index in range(200):
+        scene = make_scene(scene_rng(5, index), 96, "train")
+        assert unseen_ids.isdisjoint(np.unique(scene.label_map).tolist())
+        caption = scene.caption.lower()
+        assert not any(phrase in caption for phrase in UNSEEN_THINGS), caption
+        test_phrases |= {thing.phrase for thing in make_scene(scene_rng(5, index), 96, "test").objects}
+    assert set(UNSEEN_THINGS) <= test_phrases
+
+
+def test_captions_are_varied_and_noisy() -> None:
+    scenes = [make_scene(scene_rng(11, index)) for index in range(200)]
+    captions = [scene.caption for scene in scenes]
+    assert len(set(captions)) > 190
+    assert any(c.lower().startswith(("a view of", "stock photo of")) for c in captions)
+    assert any("in the background" in c for c in captions)
+    left_out = sum(sum(t.phrase in s.caption.lower() for t in s.objects) < len(s.objects) for s in scenes)
+    assert 20 < left_out < 180
+
+
+def test_scenes_generate_fast() -> None:
+    make_scene(0)
+    start = time.perf_counter()
+    for index in range(50):
+        make_scene(scene_rng(1, index), 96)
+    assert time.perf_counter() - start < 0.75
+
+
+def test_stuff_and_things_can_be_pinned_but_not_to_unseen_ones_in_training() -> None:
+    scene = make_scene(4, 96, "train", stuff="snow", things=["red circle", "blue star"])
+    assert scene.stuff == "snow" and {t.phrase for t in scene.objects} <= {"red circle", "blue star"}
+    assert make_scene(4, 96, "test", things=[UNSEEN_THINGS[0]]).objects[0].phrase == UNSEEN_THINGS[0]
+    for bad in ([UNSEEN_THINGS[0]], [], ["red circle", "red circle"], ["pink moon"]):
+        with pytest.raises(UserError):
+            make_scene(4, 96, "train", things=bad)
+
+
+def test_bad_split_size_or_stuff_is_a_user_error() -> None:
+    with pytest.raises(UserError):
+        make_scene(0, 96, "val")
+    with pytest.raises(UserError):
+        make_scene(0, 8)
+    with pytest.raises(UserError):
+        make_scene(0, 96, stuff="lava")
+
+
+def test_writer_produces_a_voc_like_layout(tmp_path) -> None:
+    root = write_split(tmp_path / "world", 5, seed=2, split="test")
+    names = (root / "ImageSets" / "Segmentation" / "test.txt").read_text().split()
+    assert len(names) == 5 and (root / "classes.txt").read_text().splitlines() == list(CLASSES)
+    records = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
+    assert [r["image"] for r in records] == [f"JPEGImages/{name}.png" for name in names]
+    for index, (name, record) in enumerate(zip(names, records)):
+        scene = make_scene(scene_rng(2, index), 96, "test")
+        with Image.open(root / record["image"]) as image:
+            assert np.array_equal(np.asarray(image), scene.image)
+        with Image.open(root / "SegmentationClass" / f"{name}.png") as label:
+            assert label.mode == "P" and np.array_equal(np.asarray(label), scene.label_map)
+        assert record["caption"] == scene.caption
+    assert not list(root.rglob("*.tmp"))
+    with pytest.raises(UserError, match="own folder"):
+        write_split(root, 2, seed=2, split="train")
+
+
+def test_architecture_matches_the_brief() -> None:
+    config = json.loads(tiny_clip.ARCHITECTURE_FILE.read_text())
+    vision, text = config["vision_cfg"], config["text_cfg"]
+    assert vision["patch_size"] == 8 and max(vision["width"], text["width"]) <= 256
+    assert max(vision["layers"], text["layers"]) <= 6 and 16 <= text["context_length"] <= 32
+
+
+def test_tiny_clip_loss_falls_and_checkpoint_loads_through_open_clip(tmp_path) -> None:
+    config = tiny_clip.TrainConfig(steps=12, batch_size=24, lr=2e-3, warmup=2, seed=1, max_scene=64)
+    torch.manual_seed(0)
+    probe = tiny_clip.PairStream(tiny_clip.TrainConfig(seed=99, batch_size=24, max_scene=64), 64).batch(0)
+    before = tiny_clip.contrastive_loss(tiny_clip.create(), *probe).item()
+    stream = tiny_clip.PairStream(config, 64)
+    pixels, tokens = stream.batch(0)
+    assert pixels.shape == (24, 3, 64, 64) and tokens.shape == (24, 24)
+    assert torch.equal(stream.batch(1)[0], stream.batch(1)[0])
+    model, losses = tiny_clip.train(config, progress=False)
+    assert len(losses) == 12
+    with torch.no_grad():
+        after = tiny_clip.contrastive_loss(model, *probe).item()
+    assert after < before - 0.1, (before, after)
+
+    path = tiny_clip.save(model, tmp_path / "world.safetensors", {"steps": 12})
+    loaded = open_clip.create_model(tiny_clip.ARCHITECTURE, pretrained=str(path))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    accuracy = tiny_clip.zero_shot(loaded, scenes=40)
+    assert set(accuracy) >= {"things_seen", "things_unseen", "stuff"} and 0 <= accuracy["stuff"] <= 1
+
+
+def test_tiny_clip_command_refuses_a_bad_output_before_training(tmp_path, capsys) -> None:
+    assert tiny_clip.main(["--out", str(tmp_path / "model.pt"), "--steps", "1"]) == 2
+    assert re.match(r"tiny_clip: error: --out must end in \.safetensors", capsys.readouterr().err)
