@@ -121,3 +121,17 @@ def test_background_threshold_decides_background(tiny_model):
     assert (segmenter.segment(image, ["x", "y"], views=1, background=True, threshold=1.0).label_map == 0).all()
     low = segmenter.segment(image, ["x", "y"], views=1, background=True, threshold=float(best.min()) - 1e-6)
     assert (low.label_map > 0).all()
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from synseg.io import atomic_path
+
+    with atomic_path(tmp_path / "x.txt") as tmp:
+        tmp.write_text("hello")
+    mode = stat.S_IMODE(os.stat(tmp_path / "x.txt").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

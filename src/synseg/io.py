@@ -53,6 +53,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise UserError(f"not a readable image: {path} ({error.__class__.__name__})") from None
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block finishes."""
@@ -62,6 +66,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make every output private to its writer
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -51,6 +51,7 @@ class TrainConfig:
     min_scene: int = 48
     max_scene: int = 128
     threads: int = 2
+    workers: int = 1
 
 
 def register() -> None:
@@ -99,8 +100,8 @@ def _reshape(things: tuple[Thing, ...], rng: np.random.Generator) -> list[str]:
 class PairStream(IterableDataset):
     """Training batches (pixels in [0, 1], tokens), batch k rebuilt from (seed, k) alone, so runs are repeatable.
 
-    Scenes come in groups that share stuff and colours and differ in shapes: without such hard negatives a batch
-    is told apart by colour alone and the model never learns shape.
+    Scenes come in groups that share stuff and colours and differ in shapes: without such hard negatives colour and
+    stuff alone tell a batch's pairs apart, and shape gets almost no gradient.
     """
 
     def __init__(self, config: TrainConfig, image_size: int) -> None:
@@ -157,14 +158,22 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, 
     """Train the world CLIP contrastively on freshly generated pairs; returns the model and the loss per step."""
     if config.steps < 1 or config.batch_size < 2:
         raise UserError("training needs at least 1 step and a batch of at least 2 pairs")
+    threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    try:
+        return _train(config, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, progress: bool) -> tuple[torch.nn.Module, list[float]]:
     torch.manual_seed(config.seed)
     model = create()
     model.train()
     image_size = model.visual.preprocess_cfg["size"][0]
     optimizer = _optimizer(model, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config))
-    loader = DataLoader(PairStream(config, image_size), batch_size=None, num_workers=1 if config.steps > 20 else 0)
+    loader = DataLoader(PairStream(config, image_size), batch_size=None, num_workers=config.workers)
     losses: list[float] = []
     bar = tqdm(loader, total=config.steps, desc="training world CLIP", unit="step", disable=not progress)
     for pixels, tokens in bar:
