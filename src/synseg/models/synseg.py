@@ -22,6 +22,7 @@ DEFAULT_TEMPLATES = (
     "a photo of the {} in the scene.",
 )
 POOL_SOURCES = ("conditional", "unconditional")
+DECODE_CHUNK_BYTES = 12 << 20  # CPU inference: (view, class) pairs per decoder call sized so FFN activations fit in cache
 
 
 @dataclass
@@ -81,12 +82,25 @@ class SynSeg(nn.Module):
 
     @torch.inference_mode()
     def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """[V, K, S, S] activations in [0, 1] for V normalised views and K text embeddings; CLIP runs once per view."""
+        """[V, K, S, S] activations in [0, 1] for V normalised views and K text embeddings.
+
+        CLIP and the decoder's reductions run once per view; the decoder then runs per (view, class) pair, on CPU in
+        chunks small enough for its FFN activations to stay in cache (twice as fast as one big batch).
+        """
         views, classes = pixels.shape[0], text.shape[0]
-        layer_tokens = self.backbone.encode_image(pixels)
+        reduced = self.decoder.reduce(self.backbone.encode_image(pixels))
         image_index = torch.arange(views, device=pixels.device).repeat_interleave(classes)
-        logits = self.decode(layer_tokens, text.repeat(views, 1), image_index).logits
-        maps = torch.sigmoid(logits).view(views, classes, *logits.shape[-2:])
+        text = text.repeat(views, 1)
+        pairs, tokens = views * classes, reduced[0].shape[1]
+        chunk = pairs if pixels.device.type != "cpu" else max(1, DECODE_CHUNK_BYTES // (tokens * self.config.decoder.ffn_dim * 4))
+        maps = None
+        for start in range(0, pairs, chunk):
+            part = slice(start, start + chunk)
+            logits = self.decoder.to_logits(self.decoder(reduced, image_index[part], text[part]))
+            if maps is None:
+                maps = logits.new_empty(pairs, *logits.shape[1:])
+            torch.sigmoid(logits, out=maps[part])
+        maps = maps.view(views, classes, *maps.shape[-2:])
         if maps.shape[-1] != pixels.shape[-1]:
             maps = F.interpolate(maps, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
         return maps

@@ -1,0 +1,81 @@
+"""`synseg bench`: parameters, latency, FPS and peak memory of SynSeg beside HF CLIPSeg and MaskCLIP, on this machine,
+with each latency set against the FLOP-bound latency at the machine's measured matmul rate."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from synseg.bench import METHODS, PRECISIONS, BenchConfig, format_report, run_bench
+from synseg.commands.common import add_model_arguments, build_model
+from synseg.errors import UserError
+from synseg.io import atomic_path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--views", default="1,5", help="comma-separated view counts, each 1 or 5 (default 1,5)")
+    parser.add_argument("--classes", default="1,21,150", help="comma-separated numbers of classes (default 1,21,150)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"which of {', '.join(METHODS)} (default: all)")
+    parser.add_argument("--image-size", default="512x512", metavar="WxH", help="test image size (default 512x512)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per row after a warm-up call (default 3)")
+    parser.add_argument("--max-call-seconds", type=float, default=10.0,
+                        help="skip peers' rows predicted to take longer per image than this (default 10); a row also stops "
+                             "repeating once its timed calls add up to this")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default) or bf16 autocast")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: every core this process may use)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows, ratios and machine figures here")
+
+
+def int_list(text: str, what: str, allowed: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    try:
+        values = tuple(dict.fromkeys(int(v) for v in text.split(",")))
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got '{text}'") from None
+    bad = [v for v in values if v < 1 or (allowed is not None and v not in allowed)]
+    if bad:
+        raise UserError(f"{what} {bad[0]} is not allowed" + (f" (choose from {allowed})" if allowed else " (must be >= 1)"))
+    return values
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WxH' -> (height, width)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--image-size must look like 512x512, got '{text}'") from None
+    if min(width, height) < 2:
+        raise UserError(f"--image-size must be at least 2x2, got '{text}'")
+    return height, width
+
+
+def run(args: argparse.Namespace) -> int:
+    methods = tuple(dict.fromkeys(m.strip().lower() for m in args.methods.split(",")))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method '{unknown[0]}' (choose from {', '.join(METHODS)})")
+    if "synseg" not in methods:
+        methods = ("synseg", *methods)  # the peers are set against it
+    if args.repeats < 1 or args.max_call_seconds <= 0:
+        raise UserError("--repeats must be at least 1 and --max-call-seconds positive")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    config = BenchConfig(
+        views=int_list(args.views, "--views", (1, 5)), classes=int_list(args.classes, "--classes"), methods=methods,
+        image_size=parse_size(args.image_size), repeats=args.repeats, max_call_seconds=args.max_call_seconds,
+        precision=args.precision,
+    )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(args.threads or cores)
+    if args.pretrained is None:
+        args.pretrained = "none"  # speed needs no weights, and none need downloading
+    report = run_bench(build_model(args, warn_untrained=False), config)
+    print(format_report(report))
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0

@@ -1,0 +1,124 @@
+"""`synseg viz`: the paper's Fig. 3 (one label's activation map and the masks at thresholds 0.1-0.6), overlays with a
+legend, and comparison grids of a benchmark's images (image | ground truth | SynSeg | MaskCLIP)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from synseg.commands.common import add_model_arguments, build_model
+from synseg.commands.segment import build_predictor
+from synseg.errors import UserError
+from synseg.io import check_image, ensure_writable_dir, load_image
+from synseg.predictor import Segmenter, parse_labels
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    figures = parser.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+
+    fig3 = figures.add_parser("fig3", help="one label's activation map and the segmentation at several thresholds")
+    fig3.add_argument("image", metavar="IMAGE")
+    fig3.add_argument("--labels", required=True, help='comma-separated words, e.g. "person, taxi, road"')
+    fig3.add_argument("--label", help="whose activation map to show (default: the first label)")
+    fig3.add_argument("--thresholds", default="0.1,0.2,0.3,0.4,0.5,0.6",
+                      help="background thresholds, one panel each (default 0.1,...,0.6)")
+    _common(fig3)
+
+    overlay = figures.add_parser("overlay", help="one image's segmentation over it, with a legend")
+    overlay.add_argument("image", metavar="IMAGE")
+    overlay.add_argument("--labels", required=True, help='comma-separated words, e.g. "cat, sofa, rug"')
+    overlay.add_argument("--background", action="store_true", help="add a background class for weak activations")
+    overlay.add_argument("--threshold", type=float, help="background threshold (with --background)")
+    _common(overlay)
+
+    grid = figures.add_parser("grid", help="benchmark images: image | ground truth | SynSeg | MaskCLIP")
+    grid.add_argument("--benchmark", required=True, help="voc, context, object, stuff, city or ade")
+    grid.add_argument("--root", required=True, help="folder holding the benchmark's layout")
+    grid.add_argument("--limit", type=int, default=4, help="how many images, first of the split (default 4)")
+    grid.add_argument("--threshold", type=float, help="background threshold for benchmarks with background")
+    _common(grid, methods=False)
+
+
+def _common(parser: argparse.ArgumentParser, methods: bool = True) -> None:
+    parser.add_argument("--out", required=True, help="the PNG to write")
+    parser.add_argument("--views", type=int, choices=(1, 5), default=5, help="5 = whole image + 4 quadrants (default)")
+    add_model_arguments(parser)
+    if methods:
+        parser.add_argument("--method", choices=("synseg", "maskclip"), default="synseg",
+                            help="synseg (needs --checkpoint for meaningful masks) or the MaskCLIP baseline")
+
+
+def _fraction(value: float | None, option: str) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise UserError(f"{option} must be within [0, 1], got {value}")
+
+
+def _out(path: str) -> Path:
+    if not path.lower().endswith(".png"):
+        raise UserError(f"--out must name a .png file, got {path}")
+    ensure_writable_dir(Path(path).resolve().parent)
+    return Path(path)
+
+
+def run_fig3(args: argparse.Namespace):
+    from synseg.viz import fig3_figure, threshold_label_maps
+
+    labels = parse_labels(args.labels)
+    label = (args.label or labels[0]).strip()
+    if label not in labels:
+        raise UserError(f"--label '{label}' is not one of --labels")
+    try:
+        thresholds = tuple(float(v) for v in args.thresholds.split(","))
+    except ValueError:
+        raise UserError(f"--thresholds must be comma-separated numbers, got '{args.thresholds}'") from None
+    for value in thresholds:
+        _fraction(value, "--thresholds")
+    image = load_image(check_image(args.image))
+    activations = Segmenter(build_predictor(args)).activations(image, labels, views=args.views).cpu().numpy()
+    return fig3_figure(image, activations[labels.index(label)], label, threshold_label_maps(activations, thresholds),
+                       thresholds, ["background", *labels])
+
+
+def run_overlay(args: argparse.Namespace):
+    from synseg.viz import overlay_figure
+
+    labels = parse_labels(args.labels)
+    _fraction(args.threshold, "--threshold")
+    image = load_image(check_image(args.image))
+    result = Segmenter(build_predictor(args)).segment(image, labels, views=args.views, threshold=args.threshold,
+                                                      background=args.background)
+    names = (["background"] if args.background else []) + labels
+    return overlay_figure(image, result.label_map, names, args.background, title=args.method)
+
+
+def run_grid(args: argparse.Namespace):
+    from synseg.data.benchmarks import get_benchmark
+    from synseg.eval.maskclip import MaskCLIP
+    from synseg.viz import GridRow, grid_figure
+
+    _fraction(args.threshold, "--threshold")
+    if args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    benchmark = get_benchmark(args.benchmark, args.root)
+    model = build_model(args)
+    segmenters = {"SynSeg": Segmenter(model), "MaskCLIP": Segmenter(MaskCLIP(model.backbone))}
+    labels = benchmark.prompt_labels()
+    rows = []
+    for sample in tqdm(benchmark.samples[: args.limit], desc="grid", unit="img", file=sys.stderr):
+        image = load_image(sample.image_path)
+        predictions = [s.segment(image, labels, views=args.views, threshold=args.threshold,
+                                 background=benchmark.has_background).label_map for s in segmenters.values()]
+        rows.append(GridRow(image, benchmark.read_label(sample.label_path), predictions, sample.stem))
+    return grid_figure(rows, list(segmenters), list(benchmark.class_names()), benchmark.has_background)
+
+
+def run(args: argparse.Namespace) -> int:
+    from synseg.viz import require_matplotlib, save_figure
+
+    require_matplotlib()  # before any slow model loading
+    out = _out(args.out)
+    figure = {"fig3": run_fig3, "overlay": run_overlay, "grid": run_grid}[args.figure](args)
+    print(f"wrote {save_figure(figure, out)}", file=sys.stderr)
+    return 0

@@ -1,0 +1,94 @@
+"""CPU inference with every matrix product on oneDNN.
+
+PyTorch multiplies fp32 matrices on x86 CPUs with MKL, which on AMD CPUs takes its AVX2 path: on a Zen 5 EPYC core
+that is 115 GFLOP/s, where oneDNN (shipped inside PyTorch) reaches 270 GFLOP/s on the same products, ViT-B/16's and
+the decoder's shapes alike (docs/speed.md). `linear` sends CPU fp32 inference (under torch.inference_mode) through
+oneDNN and everything else (training, autograd, autocast, GPUs) through `F.linear`; the blocks below are the encoder's
+and the decoder's inference forward passes written with it. oneDNN's results differ from MKL's by rounding (~1e-6).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"none": lambda x: x, "relu": F.relu, "gelu": F.gelu}
+
+
+@functools.cache
+def onednn_available() -> bool:
+    """oneDNN's linear (a PyTorch-internal op, as used by torch.compile) exists here and agrees with F.linear."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        x, weight, bias = torch.randn(8, 16), torch.randn(4, 16), torch.randn(4)
+        with torch.inference_mode():
+            out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu", [None], "")
+        return bool(torch.allclose(out, F.relu(F.linear(x, weight, bias)), atol=1e-4))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def uses_onednn(x: torch.Tensor) -> bool:
+    """Only under torch.inference_mode: oneDNN's rounding depends on the batch size, and training (which encodes
+    under no_grad whatever its feature cache misses) must give the same weights however its batches were split."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_inference_mode_enabled()
+            and not torch.is_autocast_enabled("cpu") and onednn_available())
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none") -> torch.Tensor:
+    """activation(x @ weight.T + bias), the activation fused into the product on oneDNN."""
+    if uses_onednn(x):
+        bias = bias.contiguous() if bias is not None else None  # oneDNN reads strides literally: no expanded views
+        return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, activation,
+                                                  [] if activation == "none" else [None],
+                                                  "none" if activation == "gelu" else "")
+    return ACTIVATIONS[activation](F.linear(x, weight, bias))
+
+
+def self_attention(attention: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """nn.MultiheadAttention(x, x, x) without mask or dropout, batch first, through `linear` and fused attention."""
+    n, t, d = x.shape
+    heads = attention.num_heads
+    qkv = linear(x, attention.in_proj_weight, attention.in_proj_bias).view(n, t, 3, heads, d // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d)
+    return linear(y, attention.out_proj.weight, attention.out_proj.bias)
+
+
+def fusable(activation: nn.Module) -> str | None:
+    """The oneDNN post-op computing this activation module exactly, if there is one (QuickGELU has none)."""
+    if type(activation) is nn.GELU and activation.approximate == "none":
+        return "gelu"
+    if type(activation) is nn.ReLU:
+        return "relu"
+    return None
+
+
+def clip_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's ResidualAttentionBlock.forward(x) (self-attention, no mask), batch first."""
+    x = x + block.ls_1(self_attention(block.attn, block.ln_1(x)))
+    mlp = block.mlp
+    fused = fusable(mlp.gelu)
+    hidden = linear(block.ln_2(x), mlp.c_fc.weight, mlp.c_fc.bias, fused or "none")
+    if fused is None:
+        hidden = mlp.gelu(hidden)
+    return x + block.ls_2(linear(hidden, mlp.c_proj.weight, mlp.c_proj.bias))
+
+
+def is_plain_clip_block(block: nn.Module) -> bool:
+    """A block `clip_block` computes exactly: plain multi-head attention and an MLP of c_fc, gelu, c_proj."""
+    mlp = getattr(block, "mlp", None)
+    return (isinstance(getattr(block, "attn", None), nn.MultiheadAttention) and block.attn.batch_first
+            and block.attn.in_proj_weight is not None and not hasattr(block, "ln_1_kv")
+            and all(hasattr(block, name) for name in ("ln_1", "ln_2", "ls_1", "ls_2"))
+            and all(hasattr(mlp, name) for name in ("c_fc", "gelu", "c_proj")) and len(mlp) == 3)
+
+
+def post_norm_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """nn.TransformerEncoderLayer(x) in eval mode, for the decoder's configuration: post-norm, ReLU, batch first."""
+    x = layer.norm1(x + self_attention(layer.self_attn, x))
+    hidden = linear(x, layer.linear1.weight, layer.linear1.bias, "relu")
+    return layer.norm2(x + linear(hidden, layer.linear2.weight, layer.linear2.bias))

@@ -1,0 +1,139 @@
+"""`synseg bench`: the JSON rows, the FLOP counts behind the bound, the memory tracker, and one-line user errors."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from synseg.bench import TensorMemory, count_flops
+from synseg.cli import main
+
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+METHODS = "synseg,clipseg,maskclip" if HAS_TRANSFORMERS else "synseg,maskclip"
+ROW_KEYS = {"method", "device", "views", "classes", "latency_ms", "fps", "peak_mem_mb", "flop_bound_ms"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    code = main(["bench", "--backbone", "synseg-tiny", "--device", "cpu", "--views", "1,5", "--classes", "1,3",
+                 "--methods", METHODS, "--repeats", "1", "--image-size", "96x64", "--json", str(path)])
+    assert code == 0
+    return json.loads(path.read_text())
+
+
+def test_json_rows_have_the_schema_and_sane_values(report):
+    methods = METHODS.split(",")
+    rows = report["rows"]
+    assert {(r["method"], r["views"], r["classes"]) for r in rows} == {
+        (m, v, k) for m in methods for v in (1, 5) for k in (1, 3)}
+    for row in rows:
+        assert ROW_KEYS <= set(row)
+        assert row["device"] == "cpu"
+        assert row["latency_ms"] > 0 and row["flop_bound_ms"] > 0 and row["peak_mem_mb"] > 0
+        assert row["fps"] == pytest.approx(1000.0 / row["latency_ms"])
+        assert 0 < row["model_ms"] <= row["latency_ms"]
+    assert "random weights" in report["note"]
+    assert report["machine"]["fp32_gflops"] > 0
+
+
+def test_ratios_and_class_growth_are_computed_from_the_rows(report):
+    rows = {(r["method"], r["views"], r["classes"]): r for r in report["rows"]}
+    peers = [m for m in METHODS.split(",") if m != "synseg"]
+    assert {(r["peer"], r["views"], r["classes"]) for r in report["ratios"]} == {
+        (p, v, k) for p in peers for v in (1, 5) for k in (1, 3)}
+    for ratio in report["ratios"]:
+        key = (ratio["views"], ratio["classes"])
+        expected = rows[(ratio["peer"], *key)]["latency_ms"] / rows[("synseg", *key)]["latency_ms"]
+        assert ratio["peer_over_synseg"] == pytest.approx(expected)
+    growth = {(g["method"], g["views"]): g for g in report["class_growth"]}
+    synseg = report["methods"]["synseg"]
+    bound = 5 * synseg["gflops_per_view_class"] / report["machine"]["fp32_gflops"] * 1e3
+    assert growth[("synseg", 5)]["flop_bound_ms_per_class"] == pytest.approx(bound)
+
+
+def test_flop_bound_is_flops_over_the_measured_rate(report):
+    rate = report["machine"]["fp32_gflops"]
+    for row in report["rows"]:
+        method = report["methods"][row["method"]]
+        gflops = row["views"] * (method["gflops_per_view"] + row["classes"] * method["gflops_per_view_class"])
+        assert row["flop_bound_ms"] == pytest.approx(gflops / rate * 1e3)
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers (extra 'bench') not installed")
+def test_clipseg_pays_a_whole_pass_per_class_and_synseg_only_its_decoder(report):
+    methods = report["methods"]
+    assert methods["clipseg"]["gflops_per_view"] == pytest.approx(0.0, abs=1e-9)
+    assert methods["clipseg"]["gflops_per_view_class"] > methods["synseg"]["gflops_per_view_class"]
+    assert methods["maskclip"]["trainable_params"] == 0
+    assert 0 < methods["synseg"]["trainable_params"] < methods["synseg"]["total_params"]
+
+
+def test_encoder_flops_match_the_architecture(tiny_model):
+    """synseg-tiny: 64x64 image, 8x8 patches (64 tokens + CLS), width 64, MLP 256; layers (1, 2, 3) run blocks 0-3."""
+    tokens, width, mlp, patches = 65, 64, 256, 64
+    patch_embed = 2 * patches * width * 3 * 8 * 8
+    block = 2 * tokens * width * 3 * width + 2 * 2 * tokens * tokens * width + 2 * tokens * width * width \
+        + 2 * 2 * tokens * width * mlp
+    reduce = 3 * 2 * tokens * width * 64
+    one, two = count_flops(tiny_model, 1, 1), count_flops(tiny_model, 1, 2)
+    assert 2 * one - two == patch_embed + 4 * block + reduce
+    assert count_flops(tiny_model, 3, 2) == 3 * two
+
+
+def test_tensor_memory_counts_live_tensors_not_freed_ones():
+    mb = 1 << 20
+    with TensorMemory() as tracker:
+        a = torch.ones(mb // 4)
+        b = a + 1
+        del a
+        c = b * 2
+        d = c.view(-1)  # views share storage: no new memory
+        c.add_(1)  # in place: no new memory
+    assert tracker.peak == 2 * mb
+    assert d.numel() == mb // 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--views", "3"], "--views 3 is not allowed"),
+    (["--classes", "a"], "--classes must be comma-separated integers"),
+    (["--methods", "synseg,tcl"], "unknown method 'tcl'"),
+    (["--image-size", "big"], "--image-size must look like 512x512"),
+])
+def test_bad_arguments_fail_in_one_line(argv, message, capsys):
+    assert main(["bench", "--backbone", "synseg-tiny", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_inference_path_computes_what_the_reference_modules_compute(tiny_model):
+    """synseg.models.fastpath (oneDNN products, fused attention) against open_clip's and nn's own forward passes."""
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+
+    from synseg.models.fastpath import clip_block, post_norm_layer
+
+    torch.manual_seed(0)
+    pixels = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():  # training's path: open_clip's forward_intermediates
+        reference = tiny_model.backbone.encode_image(pixels)
+    with torch.inference_mode():
+        fast = tiny_model.backbone.encode_image(pixels)
+    for a, b in zip(fast, reference):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+    tokens = torch.randn(4, 17, 64)
+    for block in (ResidualAttentionBlock(64, 4, act_layer=QuickGELU).eval(), tiny_model.decoder.blocks[0]):
+        with torch.no_grad():
+            expected = block(tokens)
+        with torch.inference_mode():
+            got = clip_block(block, tokens) if isinstance(block, ResidualAttentionBlock) else post_norm_layer(block, tokens)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+    decoder = tiny_model.decoder
+    features = torch.randn(2, 65, 64)
+    h, w = decoder.grid
+    with torch.inference_mode():
+        deconvolved = decoder.upsample(features[:, 1:].transpose(1, 2).reshape(2, 64, h, w))
+        torch.testing.assert_close(decoder.to_logits(features), deconvolved, atol=1e-5, rtol=1e-5)
