@@ -34,7 +34,7 @@ def load_config(path: str | os.PathLike) -> SynSegConfig:
     return from_dict(SynSegConfig, read_json(folder / CONFIG), where=str(folder / CONFIG))
 
 
-def write_checkpoint_files(model: SynSeg, folder: Path, extra: dict[str, torch.Tensor] | None = None) -> None:
+def write_checkpoint_files(model: SynSeg, folder: Path) -> None:
     """Write weights and config into an existing (temporary) folder."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "synseg-v1"})

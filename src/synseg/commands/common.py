@@ -49,3 +49,21 @@ def build_model(args: argparse.Namespace, warn_untrained: bool = True) -> SynSeg
     elif warn_untrained:
         print("synseg: no --checkpoint given: the decoder is untrained and its masks mean nothing", file=sys.stderr)
     return model.to(resolve_device(args.device)).eval()
+
+
+def build_predictors(args: argparse.Namespace, methods: list[str]) -> dict[str, object]:
+    """One dense predictor per method ("synseg", "maskclip"); MaskCLIP shares the SynSeg model's backbone when one is
+    built (a --checkpoint, or SynSeg asked for), else runs on --backbone/--pretrained alone."""
+    from synseg.eval.maskclip import MaskCLIP, build_maskclip
+
+    model = build_model(args) if args.checkpoint or "synseg" in methods else None
+    predictors: dict[str, object] = {}
+    for method in methods:
+        if method == "synseg":
+            predictors[method] = model
+        elif model is not None:
+            predictors[method] = MaskCLIP(model.backbone)
+        else:
+            config = BackboneConfig(name=args.backbone or "ViT-B-16", pretrained=args.pretrained or "openai")
+            predictors[method] = build_maskclip(config).to(resolve_device(args.device)).eval()
+    return predictors

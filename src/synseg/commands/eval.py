@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from synseg.commands.common import add_model_arguments
+from synseg.commands.common import add_model_arguments, build_predictors
 from synseg.data.benchmarks import BENCHMARKS, Benchmark, benchmark_class, get_benchmark
 from synseg.errors import UserError
 from synseg.eval.evaluator import EvalResult, PredictionFolder, evaluate, markdown_table, segmenter_predict, split
@@ -99,22 +99,6 @@ def prediction_folders(folder: Path, benchmarks: dict[str, Benchmark], limit: in
             raise UserError(f"with several benchmarks, predictions go in one folder each: {own} not found")
         folders[name] = PredictionFolder(own if own.is_dir() else folder, split(benchmark, limit), benchmark.num_classes())
     return folders
-
-
-def build_predictors(args: argparse.Namespace, methods: list[str]) -> dict[str, object]:
-    """One dense predictor per method; MaskCLIP shares the checkpoint's backbone when there is one."""
-    from synseg.commands.common import build_model, resolve_device
-    from synseg.eval.maskclip import MaskCLIP, build_maskclip
-    from synseg.models import BackboneConfig
-
-    predictors: dict[str, object] = {}
-    if args.checkpoint:
-        model = build_model(args)
-        predictors = {"synseg": model, "maskclip": MaskCLIP(model.backbone)}
-    elif "maskclip" in methods:
-        config = BackboneConfig(name=args.backbone or "ViT-B-16", pretrained=args.pretrained or "openai")
-        predictors["maskclip"] = build_maskclip(config).to(resolve_device(args.device)).eval()
-    return {method: predictors[method] for method in methods}
 
 
 def run(args: argparse.Namespace) -> int:

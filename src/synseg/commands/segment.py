@@ -8,10 +8,9 @@ import sys
 
 from tqdm import tqdm
 
-from synseg.commands.common import add_model_arguments, build_model, resolve_device
+from synseg.commands.common import add_model_arguments, build_predictors
 from synseg.errors import UserError
 from synseg.io import atomic_path, check_image, ensure_writable_dir, load_image
-from synseg.models import BackboneConfig
 from synseg.predictor import Segmenter, parse_labels
 from synseg.render import heat_map, label_map_image, overlay
 
@@ -28,17 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background", action="store_true", help="add a background class for weak activations")
 
 
-def build_predictor(args: argparse.Namespace):
-    if args.method == "maskclip":
-        from synseg.eval.maskclip import MaskCLIP, build_maskclip
-
-        if args.checkpoint:
-            return MaskCLIP(build_model(args, warn_untrained=False).backbone)
-        config = BackboneConfig(name=args.backbone or "ViT-B-16", pretrained=args.pretrained or "openai")
-        return build_maskclip(config).to(resolve_device(args.device)).eval()
-    return build_model(args)
-
-
 def safe_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "label"
 
@@ -53,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if clashing:
         raise UserError(f"several images are named {clashing[0]}; their outputs would overwrite each other")
     out = ensure_writable_dir(args.out)
-    segmenter = Segmenter(build_predictor(args))
+    segmenter = Segmenter(build_predictors(args, [args.method])[args.method])
     names = (["background"] if args.background else []) + labels
     for path in tqdm(paths, desc="segment", unit="img", disable=len(paths) < 2, file=sys.stderr):
         image = load_image(path)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from synseg.commands.common import add_model_arguments, build_model
-from synseg.commands.segment import build_predictor
+from synseg.commands.common import add_model_arguments, build_predictors
 from synseg.errors import UserError
 from synseg.io import check_image, ensure_writable_dir, load_image
 from synseg.predictor import Segmenter, parse_labels
@@ -76,7 +75,7 @@ def run_fig3(args: argparse.Namespace):
     for value in thresholds:
         _fraction(value, "--thresholds")
     image = load_image(check_image(args.image))
-    activations = Segmenter(build_predictor(args)).activations(image, labels, views=args.views).cpu().numpy()
+    activations = Segmenter(build_predictors(args, [args.method])[args.method]).activations(image, labels, views=args.views).cpu().numpy()
     return fig3_figure(image, activations[labels.index(label)], label, threshold_label_maps(activations, thresholds),
                        thresholds, ["background", *labels])
 
@@ -87,7 +86,7 @@ def run_overlay(args: argparse.Namespace):
     labels = parse_labels(args.labels)
     _fraction(args.threshold, "--threshold")
     image = load_image(check_image(args.image))
-    result = Segmenter(build_predictor(args)).segment(image, labels, views=args.views, threshold=args.threshold,
+    result = Segmenter(build_predictors(args, [args.method])[args.method]).segment(image, labels, views=args.views, threshold=args.threshold,
                                                       background=args.background)
     names = (["background"] if args.background else []) + labels
     return overlay_figure(image, result.label_map, names, args.background, title=args.method)
@@ -95,15 +94,14 @@ def run_overlay(args: argparse.Namespace):
 
 def run_grid(args: argparse.Namespace):
     from synseg.data.benchmarks import get_benchmark
-    from synseg.eval.maskclip import MaskCLIP
     from synseg.viz import GridRow, grid_figure
 
     _fraction(args.threshold, "--threshold")
     if args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     benchmark = get_benchmark(args.benchmark, args.root)
-    model = build_model(args)
-    segmenters = {"SynSeg": Segmenter(model), "MaskCLIP": Segmenter(MaskCLIP(model.backbone))}
+    predictors = build_predictors(args, ["synseg", "maskclip"])
+    segmenters = {"SynSeg": Segmenter(predictors["synseg"]), "MaskCLIP": Segmenter(predictors["maskclip"])}
     labels = benchmark.prompt_labels()
     rows = []
     for sample in tqdm(benchmark.samples[: args.limit], desc="grid", unit="img", file=sys.stderr):

@@ -24,7 +24,6 @@ from synseg.config import from_dict, write_json
 from synseg.data.benchmarks import get_benchmark
 from synseg.errors import UserError
 from synseg.eval.evaluator import evaluate
-from synseg.eval.metric import ConfusionMatrix
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
 from synseg.synthetic.world import CLASSES, SEEN_THINGS, STUFF, UNSEEN_THINGS, write_split
 from synseg.train.config import TrainConfig
@@ -116,9 +115,10 @@ def train_supervised(config: WorldConfig, seed: int, data: Path, out: Path) -> P
     rng = np.random.default_rng(seed)
     backbone = model.backbone
     names = list(CLASSES)
-    text = backbone.embed_labels(names, ("a photo of a {}.",))
+    defaults = TrainConfig()  # embedded and regularised as caption training does
+    text = backbone.embed_labels(names, defaults.phrase_templates)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=defaults.weight_decay)
     model.train()
     from PIL import Image
 

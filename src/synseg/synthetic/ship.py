@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
