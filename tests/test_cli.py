@@ -53,7 +53,10 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
     not_image.write_text("hello")
     blocker = tmp_path / "file"
     blocker.write_text("")
+    world_config = tmp_path / "world.json"
+    world_config.write_text('{"model": {"pool_source": "conditional"}, "iterations": 5}')
     cases = {
+        "unknown key(s) iterations": ["world", "--out", str(tmp_path / "w"), "--config", str(world_config)],
         "image not found": ["segment", str(tmp_path / "missing.jpg"), "--labels", "cat", "--out", str(tmp_path / "o"), *TINY],
         "not a readable image": ["segment", str(not_image), "--labels", "cat", "--out", str(tmp_path / "o"), *TINY],
         "non-empty": ["segment", str(image), "--labels", "cat,,dog", "--out", str(tmp_path / "o"), *TINY],

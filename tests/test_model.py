@@ -34,6 +34,20 @@ def test_decoder_shapes_across_backbones(name, size, patch, width, layers):
     assert maps.shape == (5, 3, size, size) and 0 <= maps.min() and maps.max() <= 1
 
 
+@pytest.mark.parametrize("source, divisor", [("unconditional", "activation"), ("backbone", "tokens")])
+def test_every_pooling_option_gives_vectors_in_clip_space_that_train(source, divisor):
+    torch.manual_seed(0)
+    model = build_synseg(SynSegConfig(backbone=BackboneConfig("synseg-tiny", None), pool_source=source, pool_divisor=divisor))
+    tokens = model.backbone.encode_image(torch.rand(2, 3, 64, 64))
+    text = model.backbone.encode_text(["cat", "dog", "rug"])
+    out = model(tokens, text, torch.tensor([0, 0, 1]))
+    assert out.foreground.shape == out.background.shape == (3, model.backbone.embed_dim)
+    (out.foreground.square().sum() + out.background.sum()).backward()
+    assert model.decoder.upsample.weight.grad.abs().sum() > 0 and model.projector.net.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pool_divisor"):
+        build_synseg(SynSegConfig(backbone=BackboneConfig("synseg-tiny", None), pool_divisor="pixels"))
+
+
 def test_trainable_parameters_are_film_decoder_projector_only(tiny_model):
     trainable = {n.split(".")[0] for n, p in tiny_model.named_parameters() if p.requires_grad}
     assert trainable == {"decoder", "projector"}

@@ -15,7 +15,7 @@ from PIL import Image
 
 from synseg.errors import UserError
 from synseg.synthetic import (
-    CLASSES, COLOURS, SEEN_THINGS, STUFF, THINGS, UNSEEN_THINGS, make_scene, scene_rng, write_split,
+    CLASSES, COLOURS, SEEN_THINGS, STUFF, STUFF_NOUNS, THINGS, UNSEEN_THINGS, make_scene, scene_rng, write_split,
 )
 from synseg.synthetic import tiny_clip
 
@@ -152,3 +152,18 @@ def test_tiny_clip_learns_and_checkpoint_loads_through_open_clip(tmp_path) -> No
 def test_tiny_clip_command_refuses_a_bad_output_before_training(tmp_path, capsys) -> None:
     assert tiny_clip.main(["--out", str(tmp_path / "model.pt"), "--steps", "1"]) == 2
     assert re.match(r"tiny_clip: error: --out must end in \.safetensors", capsys.readouterr().err)
+
+
+def test_a_backdrop_puts_a_second_named_stuff_above_the_horizon() -> None:
+    scenes = [make_scene(scene_rng(9, index), 96, backdrop=1.0) for index in range(40)]
+    for scene in scenes:
+        assert scene.backdrop in STUFF and scene.backdrop != scene.stuff
+        present = set(np.unique(scene.label_map).tolist())
+        assert CLASSES.index(scene.backdrop) in present
+        assert scene.label_map[-1, 0] in {CLASSES.index(scene.stuff)} | {t.class_index for t in scene.objects}
+    named = sum(any(noun in s.caption.lower() for noun in STUFF_NOUNS[s.backdrop]) for s in scenes)
+    assert 20 < named < 40
+    plain, same = make_scene(3), make_scene(3, backdrop=0.0)
+    assert plain.backdrop is None and np.array_equal(plain.image, same.image) and plain.caption == same.caption
+    with pytest.raises(UserError):
+        make_scene(0, backdrop=1.5)

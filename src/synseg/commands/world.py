@@ -13,15 +13,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", help="world CLIP weights (default: the one shipped with synseg)")
     parser.add_argument("--quick", action="store_true", help="the 2-minute variant: one seed, SynSeg vs MaskCLIP vs chance")
     parser.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2)")
+    parser.add_argument("--config", help="JSON file of WorldConfig fields to override, e.g. {\"model\": {\"pool_source\": "
+                                         "\"unconditional\"}} (merged over the --quick settings when both are given)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from synseg.config import from_dict, read_json
     from synseg.synthetic.experiment import QUICK, SHIPPED_CLIP, WorldConfig, run_experiment
 
     clip = args.clip or str(SHIPPED_CLIP)
     if not Path(clip).is_file():
         raise UserError(f"world CLIP weights not found: {clip}")
-    config = WorldConfig(clip=clip, **(QUICK if args.quick else {}))
+    overrides = read_json(args.config) if args.config else {}
+    if not isinstance(overrides, dict):
+        raise UserError(f"{args.config}: expected a JSON object of WorldConfig fields")
+    config = from_dict(WorldConfig, {"clip": clip, **(QUICK if args.quick else {}), **overrides}, "world config")
     if args.seeds:
         try:
             config = dataclasses.replace(config, seeds=tuple(int(s) for s in args.seeds.split(",")))

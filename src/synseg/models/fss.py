@@ -11,10 +11,20 @@ def token_activations(logits: torch.Tensor, patch_size: int) -> torch.Tensor:
     return F.avg_pool2d(torch.sigmoid(logits), patch_size).flatten(1)
 
 
-def synergy_vectors(activations: torch.Tensor, features: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """fg = A^T Z / sum A and bg = (1 - A)^T Z / sum (1 - A); activations [N, HW], features [N, HW, D] -> [N, D] each."""
+POOL_DIVISORS = ("activation", "tokens")
+
+
+def synergy_vectors(
+    activations: torch.Tensor, features: torch.Tensor, divisor: str = "activation", eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fg = A^T Z / sum A and bg = (1 - A)^T Z / sum (1 - A); activations [N, HW], features [N, HW, D] -> [N, D] each.
+
+    divisor "tokens" divides by HW instead (CCAM): the vectors then shrink with the map, so behind a projector with a
+    bias a map cannot fade towards zero everywhere while still pooling the same direction.
+    """
     maps = torch.stack([activations, 1.0 - activations], dim=1)  # the map and its complement: [N, 2, HW]
-    pooled = torch.bmm(maps, features) / (maps.sum(dim=-1, keepdim=True) + eps)
+    total = maps.sum(dim=-1, keepdim=True) + eps if divisor == "activation" else activations.shape[-1]
+    pooled = torch.bmm(maps, features) / total
     return pooled[:, 0], pooled[:, 1]
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from synseg.models.backbone import BackboneConfig, ClipBackbone
 from synseg.models.decoder import DecoderConfig, DecoderOutput, SegDecoder
-from synseg.models.fss import Projector, synergy_vectors, token_activations
+from synseg.models.fss import POOL_DIVISORS, Projector, synergy_vectors, token_activations
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
@@ -21,7 +21,7 @@ DEFAULT_TEMPLATES = (
     "there is a {} in the scene.",
     "a photo of the {} in the scene.",
 )
-POOL_SOURCES = ("conditional", "unconditional")
+POOL_SOURCES = ("conditional", "unconditional", "backbone")
 DECODE_CHUNK_BYTES = 12 << 20  # CPU inference: (view, class) pairs per decoder call sized so FFN activations fit in cache
 
 
@@ -33,7 +33,8 @@ class SynSegConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     background_threshold: float = 0.4
-    pool_source: str = "conditional"
+    pool_source: str = "conditional"  # FSS pools Z_k (paper); "unconditional" decoder features; "backbone" frozen CLIP tokens
+    pool_divisor: str = "activation"  # fg = A^T Z / sum A (paper); "tokens" divides by HW as CCAM does
 
 
 @dataclass
@@ -48,12 +49,15 @@ class SynSeg(nn.Module):
         super().__init__()
         if config.pool_source not in POOL_SOURCES:
             raise ValueError(f"pool_source must be one of {POOL_SOURCES}, got {config.pool_source!r}")
+        if config.pool_divisor not in POOL_DIVISORS:
+            raise ValueError(f"pool_divisor must be one of {POOL_DIVISORS}, got {config.pool_divisor!r}")
         self.config = config
         self.backbone = backbone
         self.decoder = SegDecoder(
             config.decoder, backbone.width, backbone.embed_dim, len(backbone.layers), backbone.grid, backbone.patch_size
         )
-        self.projector = Projector(config.decoder.reduce_dim, backbone.embed_dim, config.decoder.projector_hidden)
+        pooled_dim = backbone.width if config.pool_source == "backbone" else config.decoder.reduce_dim
+        self.projector = Projector(pooled_dim, backbone.embed_dim, config.decoder.projector_hidden)
 
     @property
     def background_threshold(self) -> float:
@@ -73,11 +77,13 @@ class SynSeg(nn.Module):
         reduced = self.decoder.reduce(layer_tokens)
         tokens = self.decoder(reduced, image_index, text)
         logits = self.decoder.to_logits(tokens)
-        if self.config.pool_source == "unconditional":
+        if self.config.pool_source == "backbone":
+            features = layer_tokens[-1][:, 1:][image_index]
+        elif self.config.pool_source == "unconditional":
             features = self.decoder(reduced, torch.arange(len(layer_tokens[0]), device=text.device), None)[:, 1:][image_index]
         else:
             features = tokens[:, 1:]
-        fg, bg = synergy_vectors(token_activations(logits, self.backbone.patch_size), features)
+        fg, bg = synergy_vectors(token_activations(logits, self.backbone.patch_size), features, self.config.pool_divisor)
         return SynergyOutput(logits, self.projector(fg), self.projector(bg))
 
     @torch.inference_mode()

@@ -8,6 +8,7 @@ from synseg.synthetic.world import (
     SHAPES,
     SPLITS,
     STUFF,
+    STUFF_NOUNS,
     THINGS,
     UNSEEN,
     UNSEEN_THINGS,
@@ -19,6 +20,6 @@ from synseg.synthetic.world import (
 )
 
 __all__ = [
-    "CLASSES", "COLOURS", "SEEN_THINGS", "SHAPES", "SPLITS", "STUFF", "THINGS", "UNSEEN", "UNSEEN_THINGS",
+    "CLASSES", "COLOURS", "SEEN_THINGS", "SHAPES", "SPLITS", "STUFF", "STUFF_NOUNS", "THINGS", "UNSEEN", "UNSEEN_THINGS",
     "Scene", "Thing", "make_scene", "scene_rng", "write_split",
 ]

@@ -7,6 +7,7 @@ supervised upper bound, which needs ground-truth masks that captions do not give
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 import time
@@ -51,6 +52,7 @@ class WorldConfig:
     train_scenes: int = 3000
     test_scenes: int = 300
     scene_size: int = 96
+    backdrop: float = 0.5  # share of scenes with a second stuff behind a horizon
     world_seed: int = 1
     seeds: tuple[int, ...] = (0, 1, 2)
     variants: tuple[str, ...] = tuple(VARIANTS)
@@ -59,6 +61,7 @@ class WorldConfig:
         "checkpoint_every": 1000, "log_every": 10,
     })
     decoder: dict = field(default_factory=lambda: {"ffn_dim": 256})
+    model: dict = field(default_factory=dict)  # SynSegConfig overrides, e.g. {"pool_source": "unconditional"}
     views: int = 1  # 96-px scenes: quadrant views would only upsample 48-px crops
 
 
@@ -69,16 +72,17 @@ QUICK = {"train_scenes": 600, "test_scenes": 80, "seeds": (0,),
 
 
 def model_config(config: WorldConfig) -> SynSegConfig:
-    return SynSegConfig(backbone=BackboneConfig(ARCHITECTURE, config.clip), decoder=DecoderConfig(**config.decoder))
+    return from_dict(SynSegConfig, {**config.model, "backbone": asdict(BackboneConfig(ARCHITECTURE, config.clip)),
+                                    "decoder": asdict(DecoderConfig(**config.decoder))})
 
 
 def build_world(config: WorldConfig, root: Path) -> tuple[Path, Path]:
     """Train and test splits in their own folders (test captions name held-out things: they must not be mined)."""
     train, test = root / "train", root / "test"
     if not (train / "captions.jsonl").exists():
-        write_split(train, config.train_scenes, config.world_seed, "train", config.scene_size)
+        write_split(train, config.train_scenes, config.world_seed, "train", config.scene_size, config.backdrop)
     if not (test / "classes.txt").exists():
-        write_split(test, config.test_scenes, config.world_seed + 10_000, "test", config.scene_size)
+        write_split(test, config.test_scenes, config.world_seed + 10_000, "test", config.scene_size, config.backdrop)
     return train, test
 
 
@@ -172,6 +176,11 @@ def summarise(per_class: dict) -> dict[str, float]:
     return {"seen": mean(SEEN_THINGS), "unseen": mean(UNSEEN_THINGS), "stuff": mean(STUFF), "all": mean(CLASSES)}
 
 
+def slug(name: str) -> str:
+    """A variant's folder name, from its row name so that runs of different variant lists never share a folder."""
+    return "-".join(re.findall(r"[a-z0-9+]+", name.lower()))
+
+
 def run_experiment(config: WorldConfig, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     unknown = [v for v in config.variants if v not in VARIANTS]
@@ -185,8 +194,8 @@ def run_experiment(config: WorldConfig, out: Path) -> dict:
     cache = out / "cache"
     scores: dict[str, list[dict[str, float]]] = {name: [] for name in config.variants}
     for seed in config.seeds:
-        for index, name in enumerate(config.variants):
-            folder = out / "runs" / f"seed{seed}" / f"variant{index}"
+        for name in config.variants:
+            folder = out / "runs" / f"seed{seed}" / slug(name)
             if name.startswith("MaskCLIP"):
                 per_class = evaluate_checkpoint(config, test, None, out / "runs" / "maskclip.json", method="maskclip")
             elif name.startswith("Chance"):

@@ -95,6 +95,7 @@ class Scene:
     stuff: str
     objects: tuple[Thing, ...]
     caption: str
+    backdrop: str | None = None  # a second stuff above a wavy horizon, as sky or a wall stands behind a lawn
 
     @property
     def largest(self) -> Thing | None:
@@ -248,7 +249,8 @@ def _join(names: list[str], rng: np.random.Generator) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
-def make_caption(stuff: str, objects: tuple[Thing, ...], size: int, rng: np.random.Generator) -> str:
+def make_caption(stuff: str, objects: tuple[Thing, ...], size: int, rng: np.random.Generator,
+                 backdrop: str | None = None) -> str:
     """A caption as the web writes them: salient objects usually named, others often left out, stock-photo noise."""
     largest = max(objects, key=lambda thing: thing.pixels, default=None)
     named = [t for t in objects if rng.random() < (0.92 if t is largest else 0.6)]
@@ -273,6 +275,9 @@ def make_caption(stuff: str, objects: tuple[Thing, ...], size: int, rng: np.rand
             text = f"{noun} with {things}"
         else:
             text = things
+    if backdrop is not None and rng.random() < 0.8:
+        far = STUFF_NOUNS[backdrop][0 if rng.random() < 0.6 else rng.integers(len(STUFF_NOUNS[backdrop]))]
+        text += f" with {far} in the background" if "in the background" not in text else f" and {far}"
     if rng.random() < 0.3 or not named:
         text = f"{PREFIXES[rng.integers(len(PREFIXES))]} {text}"
     if rng.random() < 0.15:
@@ -288,14 +293,19 @@ def make_scene(
     split: str = "train",
     stuff: str | None = None,
     things: Sequence[str] | None = None,
+    backdrop: float = 0.0,
 ) -> Scene:
     """One scene from a seed: 1-4 distinct things of the split's vocabulary on one stuff, each left >= 40% visible.
 
     `stuff` and `things` pin what the scene holds (layout and caption still come from the seed); an object that
-    finds no place leaving the others visible is dropped.
+    finds no place leaving the others visible is dropped. With probability `backdrop` a second stuff fills the scene
+    above a wavy horizon: with one stuff per image, "the stuff word names the whole background" would be a shortcut
+    that captions never contradict.
     """
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if not 0.0 <= backdrop <= 1.0:
+        raise UserError(f"backdrop probability must be in [0, 1], got {backdrop}")
     if not 32 <= size <= 1024:
         raise UserError(f"scene size must be 32-1024 px, got {size}")
     vocabulary = SPLITS[split]
@@ -309,6 +319,16 @@ def make_scene(
     if things is None:
         things = [vocabulary[i] for i in rng.permutation(len(vocabulary))[: rng.integers(1, 5)]]
     image = texture(stuff, rng, size)
+    base = np.full((size, size), CLASSES.index(stuff), dtype=np.int64)
+    far = None
+    if backdrop and rng.random() < backdrop:
+        far = STUFF[(STUFF.index(stuff) + rng.integers(1, len(STUFF))) % len(STUFF)]
+        y, x = _grid(size)
+        horizon = size * (rng.uniform(0.3, 0.6) + 0.06 * np.sin(2 * np.pi * x / (size * rng.uniform(0.5, 1.5))
+                                                                + rng.uniform(0, 2 * np.pi)))
+        above = y < horizon
+        image = np.where(above[..., None], texture(far, rng, size), image)
+        base[above] = CLASSES.index(far)
     owner = np.full((size, size), -1, dtype=np.int64)
     placed: list[tuple[str, str, tuple[float, float], float, float]] = []
     masks: list[np.ndarray] = []
@@ -331,10 +351,10 @@ def make_scene(
         _paint(image, mask, colour, rng)
     counts = np.bincount(owner[owner >= 0], minlength=len(masks))
     objects = tuple(Thing(c, s, ctr, r, a, int(n)) for (c, s, ctr, r, a), n in zip(placed, counts))
-    lookup = np.array([CLASSES.index(stuff)] + [t.class_index for t in objects], dtype=np.int64)
-    label_map = lookup[owner + 1]
+    lookup = np.array([t.class_index for t in objects] + [-1], dtype=np.int64)
+    label_map = np.where(owner >= 0, lookup[owner], base)
     pixels = np.clip(image + 0.5, 0, 255).astype(np.uint8)
-    return Scene(pixels, label_map, stuff, objects, make_caption(stuff, objects, size, rng))
+    return Scene(pixels, label_map, stuff, objects, make_caption(stuff, objects, size, rng, far), far)
 
 
 def scene_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -352,7 +372,7 @@ def palette() -> list[int]:
     return colours.astype(np.uint8).flatten().tolist()
 
 
-def write_split(root: str | Path, n: int, seed: int, split: str = "train", size: int = 96) -> Path:
+def write_split(root: str | Path, n: int, seed: int, split: str = "train", size: int = 96, backdrop: float = 0.0) -> Path:
     """Write `n` scenes in a VOC-like layout, with `captions.jsonl` ({image, caption} per line) beside them.
 
     Images are lossless PNG. One split per folder: test captions name the held-out things, and a folder that
@@ -373,7 +393,7 @@ def write_split(root: str | Path, n: int, seed: int, split: str = "train", size:
     colours = palette()
     names, records = [], []
     for index in tqdm(range(n), desc=f"writing {split} scenes", unit="scene"):
-        scene = make_scene(scene_rng(seed, index), size, split)
+        scene = make_scene(scene_rng(seed, index), size, split, backdrop=backdrop)
         name = f"{split}_{index:06d}"
         with atomic_path(root / "JPEGImages" / f"{name}.png") as tmp:
             Image.fromarray(scene.image).save(tmp, format="PNG")
