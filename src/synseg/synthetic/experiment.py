@@ -11,7 +11,7 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +72,8 @@ QUICK = {"train_scenes": 600, "test_scenes": 80, "seeds": (0,),
 
 
 def model_config(config: WorldConfig) -> SynSegConfig:
-    return from_dict(SynSegConfig, {**config.model, "backbone": asdict(BackboneConfig(ARCHITECTURE, config.clip)),
-                                    "decoder": asdict(DecoderConfig(**config.decoder))})
+    overrides = from_dict(SynSegConfig, config.model, "world config.model")
+    return replace(overrides, backbone=BackboneConfig(ARCHITECTURE, config.clip), decoder=DecoderConfig(**config.decoder))
 
 
 def build_world(config: WorldConfig, root: Path) -> tuple[Path, Path]:

@@ -249,6 +249,11 @@ def _join(names: list[str], rng: np.random.Generator) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
+def _usually_first(options: tuple[str, ...], share: float, rng: np.random.Generator) -> str:
+    """The plain wording with probability `share`, else any of them, as people mostly use the common name."""
+    return options[0 if rng.random() < share else rng.integers(len(options))]
+
+
 def make_caption(stuff: str, objects: tuple[Thing, ...], size: int, rng: np.random.Generator,
                  backdrop: str | None = None) -> str:
     """A caption as the web writes them: salient objects usually named, others often left out, stock-photo noise."""
@@ -260,8 +265,8 @@ def make_caption(stuff: str, objects: tuple[Thing, ...], size: int, rng: np.rand
         named.sort(key=lambda thing: -thing.pixels)
     else:
         named = [named[i] for i in rng.permutation(len(named))]
-    noun = STUFF_NOUNS[stuff][0 if rng.random() < 0.6 else rng.integers(len(STUFF_NOUNS[stuff]))]
-    place = STUFF_PLACES[stuff][0 if rng.random() < 0.5 else rng.integers(len(STUFF_PLACES[stuff]))]
+    noun = _usually_first(STUFF_NOUNS[stuff], 0.6, rng)
+    place = _usually_first(STUFF_PLACES[stuff], 0.5, rng)
     if not named:
         text = noun
     else:
@@ -276,7 +281,7 @@ def make_caption(stuff: str, objects: tuple[Thing, ...], size: int, rng: np.rand
         else:
             text = things
     if backdrop is not None and rng.random() < 0.8:
-        far = STUFF_NOUNS[backdrop][0 if rng.random() < 0.6 else rng.integers(len(STUFF_NOUNS[backdrop]))]
+        far = _usually_first(STUFF_NOUNS[backdrop], 0.6, rng)
         text += f" with {far} in the background" if "in the background" not in text else f" and {far}"
     if rng.random() < 0.3 or not named:
         text = f"{PREFIXES[rng.integers(len(PREFIXES))]} {text}"
