@@ -65,6 +65,7 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
         "unknown backbone": ["segment", str(image), "--labels", "cat", "--out", str(tmp_path / "o"), "--backbone", "ViT-Q-99"],
         "cannot write to output folder": ["segment", str(image), "--labels", "cat", "--out", str(blocker / "sub"), *TINY],
         "neither an existing file nor a tag": ["info", "--backbone", "ViT-B-16", "--pretrained", "no_such_tag"],
+        "1 <= --show <= --scenes": ["demo", "--out", str(tmp_path / "d"), "--scenes", "2", "--show", "3"],
     }
     for message, argv in cases.items():
         result = synseg(*argv)
@@ -72,6 +73,16 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, (message, result.stderr)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_demo_scores_the_shipped_model_above_chance_and_draws_it(tmp_path):
+    """The README's first command: the shipped world checkpoint segments new scenes, offline, in seconds."""
+    assert main(["demo", "--out", str(tmp_path), "--scenes", "12", "--show", "2"]) == 0
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    synseg_stuff, chance_stuff = scores["SynSeg"]["stuff"], scores["Chance (uniform random labels)"]["stuff"]
+    assert synseg_stuff > chance_stuff + 30, scores
+    with Image.open(tmp_path / "demo.png") as figure:
+        assert figure.width > 900 and figure.height > 400  # two rows of image | truth | SynSeg | MaskCLIP + legend
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

@@ -87,3 +87,30 @@ def test_gradients_flow_where_the_raw_cosine_is_negative():
     clamped = mccl_loss(fg, bg, text, torch.tensor([0]), LossConfig(intra_separate=0, similarity="clamped_cos"))
     clamped["total"].backward()
     assert fg.grad.abs().sum() == 0
+
+
+def test_pairwise_terms_wait_then_ramp_in():
+    config = LossConfig(pairwise_start=10, pairwise_ramp=4)
+    assert [config.pairwise_scale(step) for step in (0, 9, 10, 11, 13, 100)] == [0.0, 0.0, 0.25, 0.5, 1.0, 1.0]
+    assert LossConfig().pairwise_scale(0) == 1.0
+    torch.manual_seed(0)
+    fg, bg, text = torch.randn(3, 4, 8).unbind(0)
+    image = torch.tensor([0, 0, 1, 1])
+    off = mccl_loss(fg, bg, text, image, config, pairwise_scale=0.0)
+    assert off["total"].item() == pytest.approx(off["intra_align"].item(), rel=1e-6)
+    half = mccl_loss(fg, bg, text, image, config, pairwise_scale=0.5)
+    pairs = sum(half[k].item() for k in ("intra_separate", "inter_background", "inter_foreground"))
+    assert half["total"].item() == pytest.approx(half["intra_align"].item() + 0.5 * pairs, rel=1e-6)
+
+
+def test_text_gate_keeps_only_foregrounds_more_alike_than_their_texts():
+    # two pairs in one image: texts at cos 0.6; fg's at cos 0.8 (gated in), then at cos 0 (gated out)
+    text = torch.stack([unit(1, 0, 0), unit(0.6, 0.8, 0)])
+    image = torch.tensor([0, 0])
+    bg = torch.stack([unit(0, 0, 1), unit(0, 0, 1)])
+    config = LossConfig(foreground_gate="text")
+    close = mccl_loss(torch.stack([unit(1, 0, 0), unit(0.8, 0.6, 0)]), bg, text, image, config)
+    s = 5e-4 + (1 - 1e-3) * (1 + 0.8) / 2
+    assert close["inter_foreground"].item() == pytest.approx(-math.log(1 - s), rel=1e-5)
+    apart = mccl_loss(torch.stack([unit(1, 0, 0), unit(0, 1, 0)]), bg, text, image, config)
+    assert apart["inter_foreground"].item() == 0

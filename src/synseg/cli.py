@@ -8,6 +8,7 @@ import sys
 from synseg.errors import UserError
 
 COMMANDS = {
+    "demo": "Segment generated scenes with the small model shipped inside synseg: figure and mIoU, no download.",
     "segment": "Segment images with any list of words.",
     "info": "Print parameter counts of a model or checkpoint.",
     "train": "Train SynSeg from images and their noun phrases (one GPU, many with torchrun, or CPU).",

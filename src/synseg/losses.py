@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 TERMS = ("intra_align", "intra_separate", "inter_background", "inter_foreground")
 SIMILARITIES = ("shifted", "clamped_cos")
+FOREGROUND_GATES = ("none", "text")
 
 
 @dataclass
@@ -21,10 +22,26 @@ class LossConfig:
     separation_gate: float = 0.1
     similarity: str = "shifted"  # (1 + cos) / 2 squeezed into [eps, 1 - eps]; "clamped_cos" is CCAM's clamp of raw cos
     eps: float = 5e-4
+    foreground_gate: str = "none"  # "text": L4 only for pairs more alike than their texts (cos fg_i.fg_j > cos t_i.t_j)
+    pairwise_start: int = 0  # iterations of L1 alone before L2-L4 come in
+    pairwise_ramp: int = 0  # iterations over which L2-L4's weights then grow linearly to their full value
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.foreground_gate not in FOREGROUND_GATES:
+            raise ValueError(f"foreground_gate must be one of {FOREGROUND_GATES}, got {self.foreground_gate!r}")
+
+    def pairwise_scale(self, step: int) -> float:
+        """Factor on L2-L4's weights at this step.
+
+        At initialisation every map is ~0.5 everywhere, so fg_k = bg_k and fg_i = fg_j: -log(1 - s) sits at -log(eps)
+        with a gradient about 1000x L1's, and the separation terms decide what the maps become before L1 has
+        given them any meaning.
+        """
+        if step < self.pairwise_start:
+            return 0.0
+        return min(1.0, (step - self.pairwise_start + 1) / self.pairwise_ramp) if self.pairwise_ramp else 1.0
 
 
 def similarity(cos: torch.Tensor, config: LossConfig) -> torch.Tensor:
@@ -50,7 +67,8 @@ def per_image_mean(values: torch.Tensor, image: torch.Tensor, mask: torch.Tensor
 
 
 def mccl_loss(
-    foreground: torch.Tensor, background: torch.Tensor, text: torch.Tensor, image_index: torch.Tensor, config: LossConfig
+    foreground: torch.Tensor, background: torch.Tensor, text: torch.Tensor, image_index: torch.Tensor, config: LossConfig,
+    pairwise_scale: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """The four MCCL terms and their weighted total for N (image, category) pairs; pairs of one image share image_index."""
     fg, bg, t = (F.normalize(x.float(), dim=-1) for x in (foreground, background, text))
@@ -72,7 +90,9 @@ def mccl_loss(
             s = similarity((bg @ bg.T)[pairs], config)
             terms["inter_background"] = per_image_mean(-torch.log(s), pair_image, pair_mask, images)
         if config.inter_foreground:
-            s = similarity((fg @ fg.T)[pairs], config)
-            terms["inter_foreground"] = per_image_mean(-torch.log(1 - s), pair_image, pair_mask, images)
-    terms["total"] = sum(getattr(config, name) * value for name, value in terms.items())
+            cos = (fg @ fg.T)[pairs]
+            gate = cos.detach() > (t @ t.T)[pairs] if config.foreground_gate == "text" else pair_mask
+            terms["inter_foreground"] = per_image_mean(-torch.log(1 - similarity(cos, config)), pair_image, gate, images)
+    terms["total"] = sum(getattr(config, name) * (1.0 if name == "intra_align" else pairwise_scale) * value
+                         for name, value in terms.items())
     return terms

@@ -30,7 +30,9 @@ from synseg.synthetic.world import CLASSES, SEEN_THINGS, STUFF, UNSEEN_THINGS, w
 from synseg.train.config import TrainConfig
 
 ARCHITECTURE = "synseg-world-clip"
-SHIPPED_CLIP = Path(__file__).resolve().parents[1] / "assets" / "world-clip.safetensors"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SHIPPED_CLIP = ASSETS / "world-clip.safetensors"
+SHIPPED_DEMO = ASSETS / "world-demo"  # `synseg demo`'s checkpoint (docs/world.md: how it is rebuilt)
 ALL = ("intra_align", "intra_separate", "inter_background", "inter_foreground")
 # name -> loss terms kept (None: not trained from captions)
 VARIANTS: dict[str, tuple[str, ...] | None] = {

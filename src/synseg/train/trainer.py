@@ -175,7 +175,8 @@ class Trainer:
         text = self.text(flat)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             out = self.net(tokens, text, image_index)
-        return mccl_loss(out.foreground, out.background, text, image_index, self.config.loss)
+        return mccl_loss(out.foreground, out.background, text, image_index, self.config.loss,
+                         self.config.loss.pairwise_scale(self.step))
 
     # -- the loop ------------------------------------------------------------------------------------------------------
     def fit(self) -> SynSeg:
