@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -93,6 +95,17 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
     b = Segmenter(loaded).segment(image, ["cat", "dog"], views=5)
     np.testing.assert_array_equal(a.activations, b.activations)
     np.testing.assert_array_equal(a.label_map, b.label_map)
+
+
+def test_checkpoints_are_readable_by_others_as_the_umask_allows(tmp_path, tiny_model):
+    """Checkpoints are built in a private temporary folder; the finished one must not stay private (0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder = save_model(tiny_model, tmp_path / "ckpt")
+    save_model(tiny_model, folder)  # overwriting swaps the whole folder
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert {stat.S_IMODE(f.stat().st_mode) for f in folder.iterdir()} == {0o666 & ~umask}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging or old folder left behind
 
 
 def test_checkpoint_whose_shapes_do_not_match_its_config_fails_clearly(tmp_path, tiny_model):

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -12,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from synseg.config import from_dict, read_json, to_dict, write_json
 from synseg.errors import UserError
+from synseg.io import staged_dir
 from synseg.models.synseg import SynSeg, SynSegConfig, build_synseg
 
 WEIGHTS = "model.safetensors"
@@ -43,25 +42,9 @@ def write_checkpoint_files(model: SynSeg, folder: Path) -> None:
 
 def save_model(model: SynSeg, path: str | os.PathLike) -> Path:
     """Write a checkpoint folder atomically: built beside the target, then swapped into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_dir(path) as staging:
         write_checkpoint_files(model, staging)
-        replace_dir(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def replace_dir(staging: Path, target: Path) -> None:
-    """Swap a finished folder into place; at every instant either the old or the new one is complete."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    return Path(path)
 
 
 def load_weights(model: SynSeg, path: str | os.PathLike) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -71,6 +72,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder beside `target` to fill; if the block finishes, it replaces `target` whole, so at every
+    instant either the old or the new folder is complete. Modes follow the umask, not mkdtemp's private 0700."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    old = target.with_name(f".{target.name}.old")
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_UMASK)
+        for file in staging.iterdir():
+            os.chmod(file, 0o666 & ~_UMASK)
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:

@@ -5,9 +5,7 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +16,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from synseg.checkpoint import load_weights, replace_dir, save_model, write_checkpoint_files
+from synseg.checkpoint import load_weights, save_model, write_checkpoint_files
 from synseg.config import from_dict, read_json, to_dict, write_json
 from synseg.data.datasets import CaptionPhraseDataset, DataConfig, PhraseLoader
 from synseg.errors import UserError
+from synseg.io import staged_dir
 from synseg.losses import mccl_loss
 from synseg.models.synseg import SynSeg, build_synseg
 from synseg.train.cache import FeatureCache
@@ -114,8 +113,7 @@ class Trainer:
     def save(self, name: str) -> Path:
         """Atomic: model + config (loadable by `synseg segment`), plus everything a resume needs."""
         target = self.out / name
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.out))
-        try:
+        with staged_dir(target) as staging:
             write_checkpoint_files(self.model, staging)
             write_json(to_dict(self.config), staging / "train_config.json")
             state = {
@@ -126,9 +124,6 @@ class Trainer:
                 "data": self.data.state_dict(),
             }
             torch.save(state, staging / STATE)
-            replace_dir(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         if self.cache is not None:
             self.cache.save_text()
         return target
