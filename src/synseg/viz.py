@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from synseg.errors import UserError
-from synseg.io import atomic_path
+from synseg.io import atomic_path, load_image
 from synseg.render import palette
 
 DPI = 100
@@ -129,6 +129,18 @@ class GridRow:
     truth: np.ndarray  # class indices in `names` order, 255 = not scored
     predictions: list[np.ndarray]  # one label map per method, same convention
     title: str = ""
+
+
+def benchmark_grid_rows(benchmark, segmenters: list, samples, views: int, threshold: float | None = None) -> list[GridRow]:
+    """One row per sample of a benchmark: its image, its ground truth and each segmenter's label map."""
+    labels = benchmark.prompt_labels()
+    rows = []
+    for sample in samples:
+        image = load_image(sample.image_path)
+        predictions = [s.segment(image, labels, views=views, threshold=threshold, background=benchmark.has_background).label_map
+                       for s in segmenters]
+        rows.append(GridRow(image, benchmark.read_label(sample.label_path), predictions, sample.stem))
+    return rows
 
 
 def grid_figure(rows: list[GridRow], methods: list[str], names: list[str], background: bool):

@@ -7,7 +7,6 @@ import sys
 from synseg.errors import UserError
 
 SCENE_SEED = 20_000  # the experiment's worlds use seeds 1 (train) and 10_001 (test): demo scenes are new to the model
-SCENE_SIZE, BACKDROP = 96, 0.5  # as the experiment's world (WorldConfig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,33 +23,30 @@ def run(args: argparse.Namespace) -> int:
     from synseg.data.benchmarks import get_benchmark
     from synseg.eval.evaluator import evaluate, segmenter_predict
     from synseg.eval.maskclip import MaskCLIP
-    from synseg.io import ensure_writable_dir, load_image
+    from synseg.io import ensure_writable_dir
     from synseg.predictor import Segmenter
-    from synseg.synthetic.experiment import SHIPPED_CLIP, SHIPPED_DEMO, chance_iou, summarise, table
+    from synseg.synthetic.experiment import SHIPPED_CLIP, SHIPPED_DEMO, WorldConfig, chance_iou, summarise, table
     from synseg.synthetic.world import write_split
-    from synseg.viz import GridRow, grid_figure, require_matplotlib, save_figure
+    from synseg.viz import benchmark_grid_rows, grid_figure, require_matplotlib, save_figure
 
     require_matplotlib()
     if args.scenes < 1 or not 1 <= args.show <= args.scenes:
         raise UserError(f"need --scenes >= 1 and 1 <= --show <= --scenes, got --scenes {args.scenes} --show {args.show}")
     out = ensure_writable_dir(args.out)
-    scenes = write_split(out / f"scenes-seed{args.seed}", args.scenes, SCENE_SEED + args.seed, "test", SCENE_SIZE, BACKDROP)
+    scenes = write_split(out / f"scenes-seed{args.seed}", args.scenes, SCENE_SEED + args.seed, "test",
+                         WorldConfig.scene_size, WorldConfig.backdrop)
     model = load_model(args.checkpoint) if args.checkpoint else load_model(SHIPPED_DEMO, pretrained=str(SHIPPED_CLIP))
     benchmark = get_benchmark("folder", scenes)
     segmenters = {"SynSeg": Segmenter(model), "MaskCLIP (training-free, same CLIP)": Segmenter(MaskCLIP(model.backbone))}
-    results = {name: evaluate(benchmark, segmenter_predict(segmenter, benchmark, views=1), name)
+    results = {name: evaluate(benchmark, segmenter_predict(segmenter, benchmark, views=WorldConfig.views), name)
                for name, segmenter in segmenters.items()}
     scores = {name: summarise(result.to_json()["per_class_iou"]) for name, result in results.items()}
     scores["Chance (uniform random labels)"] = summarise(chance_iou(scenes, args.seed))
     write_json(scores, out / "scores.json")
 
-    labels = benchmark.prompt_labels()
-    rows = []
-    for sample in benchmark.samples[: args.show]:
-        image = load_image(sample.image_path)
-        predictions = [s.segment(image, labels, views=1).label_map for s in segmenters.values()]
-        rows.append(GridRow(image, benchmark.read_label(sample.label_path), predictions, sample.stem))
-    figure = save_figure(grid_figure(rows, ["SynSeg", "MaskCLIP"], list(benchmark.class_names()), False), out / "demo.png")
+    rows = benchmark_grid_rows(benchmark, list(segmenters.values()), benchmark.samples[: args.show], WorldConfig.views)
+    figure = save_figure(grid_figure(rows, ["SynSeg", "MaskCLIP"], list(benchmark.class_names()),
+                                      benchmark.has_background), out / "demo.png")
     print(table({name: {key: [value] for key, value in row.items()} for name, row in scores.items()}))
     print(f"\n(mIoU % over {args.scenes} generated scenes; figure: {figure}; scenes: {scenes}; scores: {out / 'scores.json'})")
     if not args.checkpoint:

@@ -94,7 +94,7 @@ def run_overlay(args: argparse.Namespace):
 
 def run_grid(args: argparse.Namespace):
     from synseg.data.benchmarks import get_benchmark
-    from synseg.viz import GridRow, grid_figure
+    from synseg.viz import benchmark_grid_rows, grid_figure
 
     _fraction(args.threshold, "--threshold")
     if args.limit < 1:
@@ -102,13 +102,8 @@ def run_grid(args: argparse.Namespace):
     benchmark = get_benchmark(args.benchmark, args.root)
     predictors = build_predictors(args, ["synseg", "maskclip"])
     segmenters = {"SynSeg": Segmenter(predictors["synseg"]), "MaskCLIP": Segmenter(predictors["maskclip"])}
-    labels = benchmark.prompt_labels()
-    rows = []
-    for sample in tqdm(benchmark.samples[: args.limit], desc="grid", unit="img", file=sys.stderr):
-        image = load_image(sample.image_path)
-        predictions = [s.segment(image, labels, views=args.views, threshold=args.threshold,
-                                 background=benchmark.has_background).label_map for s in segmenters.values()]
-        rows.append(GridRow(image, benchmark.read_label(sample.label_path), predictions, sample.stem))
+    samples = tqdm(benchmark.samples[: args.limit], desc="grid", unit="img", file=sys.stderr)
+    rows = benchmark_grid_rows(benchmark, list(segmenters.values()), samples, args.views, args.threshold)
     return grid_figure(rows, list(segmenters), list(benchmark.class_names()), benchmark.has_background)
 
 
