@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from synseg.losses import LossConfig, mccl_loss
+from synseg.losses import LossConfig, absent_pairs, mccl_loss
 from synseg.models.fss import synergy_vectors, token_activations
 
 
@@ -114,3 +114,28 @@ def test_text_gate_keeps_only_foregrounds_more_alike_than_their_texts():
     assert close["inter_foreground"].item() == pytest.approx(-math.log(1 - s), rel=1e-5)
     apart = mccl_loss(torch.stack([unit(1, 0, 0), unit(0, 1, 0)]), bg, text, image, config)
     assert apart["inter_foreground"].item() == 0
+
+
+def test_absent_phrases_come_from_other_captions_and_never_near_the_images_own():
+    # image 0: "water"; image 1: "lake" (a synonym: same text), "star"; image 2: "sand"
+    water, star, sand = unit(1, 0, 0), unit(0, 1, 0), unit(0, 0, 1)
+    text = torch.stack([water, water, star, sand])
+    image = torch.tensor([0, 1, 1, 2])
+    torch.manual_seed(0)
+    pairs = absent_pairs(text, image, LossConfig(absent_phrases=10))
+    negatives = {(int(i), int(p)) for i, p in pairs.T}
+    assert negatives == {(0, 2), (0, 3), (1, 3), (2, 0), (2, 1), (2, 2)}
+    assert absent_pairs(text, image, LossConfig(absent_phrases=1)).shape == (2, 3)
+
+
+def test_absent_maps_are_pushed_to_zero_by_cross_entropy():
+    fg, bg, text = torch.randn(3, 2, 8).unbind(0)
+    maps = torch.tensor([[0.5, 0.2], [0.9, 0.1]], requires_grad=True)
+    config = LossConfig(absent_suppress=2.0)
+    terms = mccl_loss(fg, bg, text, torch.tensor([0, 1]), config, absent_activations=maps)
+    expected = -(math.log(0.5) + math.log(0.8) + math.log(0.1) + math.log(0.9)) / 4
+    assert terms["absent_suppress"].item() == pytest.approx(expected, rel=1e-5)
+    without = mccl_loss(fg, bg, text, torch.tensor([0, 1]), LossConfig())
+    assert terms["total"].item() == pytest.approx(without["total"].item() + 2 * expected, rel=1e-5)
+    terms["total"].backward()
+    assert (maps.grad > 0).all()  # every absent activation is pushed down

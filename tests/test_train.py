@@ -158,3 +158,24 @@ def test_cache_gives_the_first_step_loss_of_training_from_images(captions, tmp_p
     assert trainer.cache.hits == config.batch_size and trainer.cache.misses == 0
     assert losses["cache, cold"] == losses["cache, warm"]
     assert losses["cache, warm"] == pytest.approx(losses["images"], rel=2e-3)  # fp16 storage
+
+
+def test_absent_suppression_adds_its_term_and_leaves_the_named_terms_alone(captions, tmp_path):
+    from synseg.config import from_dict
+    from synseg.train.config import TrainConfig
+    from synseg.train.trainer import Trainer
+
+    data, phrases = captions
+    terms = {}
+    for weight in (0.0, 0.5):
+        # a random tiny CLIP puts all texts close together: gate only identical phrases
+        loss = {"absent_suppress": weight, "absent_phrases": 2, "absent_text_gate": 0.9999}
+        config = from_dict(TrainConfig, {**TINY_CONFIG, "loss": loss})
+        trainer = Trainer(config, str(data), str(phrases), tmp_path / str(weight), torch.device("cpu"))
+        trainer.model.eval()  # no dropout: the extra pairs would draw other masks
+        batch = next(iter(trainer.data))
+        terms[weight] = {k: v.item() for k, v in trainer.loss(batch.images, batch.phrases, batch.keys).items()}
+    assert "absent_suppress" not in terms[0.0] and 0 < terms[0.5]["absent_suppress"] < 10
+    for name in ("intra_align", "intra_separate", "inter_background", "inter_foreground"):
+        assert terms[0.5][name] == pytest.approx(terms[0.0][name], rel=1e-4)
+    assert terms[0.5]["total"] == pytest.approx(terms[0.0]["total"] + 0.5 * terms[0.5]["absent_suppress"], rel=1e-4)

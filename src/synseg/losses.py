@@ -25,6 +25,9 @@ class LossConfig:
     foreground_gate: str = "none"  # "text": L4 only for pairs more alike than their texts (cos fg_i.fg_j > cos t_i.t_j)
     pairwise_start: int = 0  # iterations of L1 alone before L2-L4 come in
     pairwise_ramp: int = 0  # iterations over which L2-L4's weights then grow linearly to their full value
+    absent_suppress: float = 0.0  # not in the paper: maps of phrases from other captions pushed to 0 (see absent_loss)
+    absent_phrases: int = 4  # such phrases decoded per image
+    absent_text_gate: float = 0.8  # a phrase is not taken as absent if its text is this close to one of the image's own
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
@@ -66,11 +69,38 @@ def per_image_mean(values: torch.Tensor, image: torch.Tensor, mask: torch.Tensor
     return (sums[present] / counts[present]).mean()
 
 
+def absent_pairs(text: torch.Tensor, image_index: torch.Tensor, config: LossConfig) -> torch.Tensor:
+    """[2, M] (image, phrase index) pairs: per image up to `absent_phrases` phrases of the batch's other captions, none
+    within `absent_text_gate` cosine of the image's own phrases ("a lake" is no negative for an image of "water")."""
+    unit = F.normalize(text.float(), dim=-1)
+    close = ((unit @ unit.T) > config.absent_text_gate).float()  # [N, N]
+    images = image_index.unique()
+    own = (image_index[None, :] == images[:, None]).float()  # [B, N]
+    allowed = (own @ close) == 0  # [B, N]: close to none of the image's own phrases
+    picks = torch.rand(allowed.shape, device=text.device).masked_fill(~allowed, 2.0).argsort(dim=1)[:, :config.absent_phrases]
+    keep = allowed.gather(1, picks)
+    return torch.stack([images[:, None].expand_as(picks)[keep], picks[keep]])
+
+
+def absent_loss(absent_activations: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy towards 0 of token activation maps [M, HW] of categories the caption does not name.
+
+    L1-L4 only ever see categories an image's caption names, so nothing trains a category's map down on images without
+    it, and at inference such a category can win the argmax (docs/world.md). Captions leave things out, so some of these
+    "absent" phrases are present: the term is a weak image-level label, not ground truth.
+    """
+    maps = absent_activations.float()
+    return F.binary_cross_entropy(maps, torch.zeros_like(maps))
+
+
 def mccl_loss(
     foreground: torch.Tensor, background: torch.Tensor, text: torch.Tensor, image_index: torch.Tensor, config: LossConfig,
-    pairwise_scale: float = 1.0,
+    pairwise_scale: float = 1.0, absent_activations: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The four MCCL terms and their weighted total for N (image, category) pairs; pairs of one image share image_index."""
+    """The four MCCL terms and their weighted total for N (image, category) pairs; pairs of one image share image_index.
+
+    With `config.absent_suppress`, `absent_activations` [M, HW] are the maps of phrases the images' captions do not name.
+    """
     fg, bg, t = (F.normalize(x.float(), dim=-1) for x in (foreground, background, text))
     images = int(image_index.max()) + 1
     everyone = torch.ones_like(image_index, dtype=torch.bool)
@@ -93,6 +123,8 @@ def mccl_loss(
             cos = (fg @ fg.T)[pairs]
             gate = cos.detach() > (t @ t.T)[pairs] if config.foreground_gate == "text" else pair_mask
             terms["inter_foreground"] = per_image_mean(-torch.log(1 - similarity(cos, config)), pair_image, gate, images)
-    terms["total"] = sum(getattr(config, name) * (1.0 if name == "intra_align" else pairwise_scale) * value
+    if config.absent_suppress and absent_activations is not None and len(absent_activations):
+        terms["absent_suppress"] = absent_loss(absent_activations)
+    terms["total"] = sum(getattr(config, name) * (pairwise_scale if name in TERMS[1:] else 1.0) * value
                          for name, value in terms.items())
     return terms

@@ -21,7 +21,8 @@ from synseg.config import from_dict, read_json, to_dict, write_json
 from synseg.data.datasets import CaptionPhraseDataset, DataConfig, PhraseLoader
 from synseg.errors import UserError
 from synseg.io import staged_dir
-from synseg.losses import mccl_loss
+from synseg.losses import absent_pairs, mccl_loss
+from synseg.models.fss import token_activations
 from synseg.models.synseg import SynSeg, build_synseg
 from synseg.train.cache import FeatureCache
 from synseg.train.config import TrainConfig
@@ -168,10 +169,16 @@ class Trainer:
         flat = [p for ps in phrases for p in ps]
         image_index = torch.tensor([i for i, ps in enumerate(phrases) for _ in ps], device=self.device)
         text = self.text(flat)
+        pairs_text, pairs_image = text, image_index
+        if self.config.loss.absent_suppress:
+            absent_image, absent_phrase = absent_pairs(text, image_index, self.config.loss)
+            pairs_text, pairs_image = torch.cat([text, text[absent_phrase]]), torch.cat([image_index, absent_image])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            out = self.net(tokens, text, image_index)
-        return mccl_loss(out.foreground, out.background, text, image_index, self.config.loss,
-                         self.config.loss.pairwise_scale(self.step))
+            out = self.net(tokens, pairs_text, pairs_image)
+        named = len(flat)
+        absent = token_activations(out.logits[named:], self.model.backbone.patch_size)
+        return mccl_loss(out.foreground[:named], out.background[:named], text, image_index, self.config.loss,
+                         self.config.loss.pairwise_scale(self.step), absent)
 
     # -- the loop ------------------------------------------------------------------------------------------------------
     def fit(self) -> SynSeg:
