@@ -40,8 +40,8 @@ class SynSegConfig:
 @dataclass
 class SynergyOutput:
     logits: torch.Tensor  # [N, 1, S, S]
-    foreground: torch.Tensor  # [N, E] projected fg synergy vectors
-    background: torch.Tensor  # [N, E] projected bg synergy vectors
+    foreground: torch.Tensor  # [P, E] projected fg synergy vectors of the first P pairs
+    background: torch.Tensor  # [P, E] projected bg synergy vectors
 
 
 class SynSeg(nn.Module):
@@ -72,18 +72,23 @@ class SynSeg(nn.Module):
         tokens = self.decoder(self.decoder.reduce(layer_tokens), image_index, text)
         return DecoderOutput(self.decoder.to_logits(tokens), tokens[:, 1:])
 
-    def forward(self, layer_tokens: list[torch.Tensor], text: torch.Tensor, image_index: torch.Tensor) -> SynergyOutput:
-        """Training pass: activation maps plus the FSS fg/bg vectors of every pair, projected into CLIP space."""
+    def forward(
+        self, layer_tokens: list[torch.Tensor], text: torch.Tensor, image_index: torch.Tensor, pooled: int | None = None
+    ) -> SynergyOutput:
+        """Training pass: activation maps of every pair, plus the FSS fg/bg vectors, projected into CLIP space, of the
+        first `pooled` pairs (default all; pairs the loss only reads maps of need no pooling)."""
         reduced = self.decoder.reduce(layer_tokens)
         tokens = self.decoder(reduced, image_index, text)
         logits = self.decoder.to_logits(tokens)
+        pooled_index = image_index[:pooled]
         if self.config.pool_source == "backbone":
-            features = layer_tokens[-1][:, 1:][image_index]
+            features = layer_tokens[-1][:, 1:][pooled_index]
         elif self.config.pool_source == "unconditional":
-            features = self.decoder(reduced, torch.arange(len(layer_tokens[0]), device=text.device), None)[:, 1:][image_index]
+            features = self.decoder(reduced, torch.arange(len(layer_tokens[0]), device=text.device), None)[:, 1:][pooled_index]
         else:
-            features = tokens[:, 1:]
-        fg, bg = synergy_vectors(token_activations(logits, self.backbone.patch_size), features, self.config.pool_divisor)
+            features = tokens[:pooled, 1:]
+        activations = token_activations(logits[:pooled], self.backbone.patch_size)
+        fg, bg = synergy_vectors(activations, features, self.config.pool_divisor)
         return SynergyOutput(logits, self.projector(fg), self.projector(bg))
 
     @torch.inference_mode()

@@ -173,11 +173,11 @@ class Trainer:
         if self.config.loss.absent_suppress:
             absent_image, absent_phrase = absent_pairs(text, image_index, self.config.loss)
             pairs_text, pairs_image = torch.cat([text, text[absent_phrase]]), torch.cat([image_index, absent_image])
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            out = self.net(tokens, pairs_text, pairs_image)
         named = len(flat)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            out = self.net(tokens, pairs_text, pairs_image, named)
         absent = token_activations(out.logits[named:], self.model.backbone.patch_size)
-        return mccl_loss(out.foreground[:named], out.background[:named], text, image_index, self.config.loss,
+        return mccl_loss(out.foreground, out.background, text, image_index, self.config.loss,
                          self.config.loss.pairwise_scale(self.step), absent)
 
     # -- the loop ------------------------------------------------------------------------------------------------------
