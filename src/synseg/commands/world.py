@@ -11,7 +11,8 @@ from synseg.errors import UserError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="experiment folder (world, phrases, cache, runs, report.json); reruns reuse it")
     parser.add_argument("--clip", help="world CLIP weights (default: the one shipped with synseg)")
-    parser.add_argument("--quick", action="store_true", help="the 2-minute variant: one seed, SynSeg vs MaskCLIP vs chance")
+    parser.add_argument("--quick", action="store_true",
+                        help="the 2-minute variant: one seed, L1 with absent-category suppression vs MaskCLIP vs chance")
     parser.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2)")
     parser.add_argument("--config", help="JSON file of WorldConfig fields to override, e.g. {\"model\": {\"pool_source\": "
                                          "\"unconditional\"}} (merged over the --quick settings when both are given)")
