@@ -28,6 +28,7 @@ class LossConfig:
     absent_suppress: float = 0.0  # not in the paper: maps of phrases from other captions pushed to 0 (see absent_loss)
     absent_phrases: int = 4  # such phrases decoded per image
     absent_text_gate: float = 0.8  # a phrase is not taken as absent if its text is this close to one of the image's own
+    absent_start: int = 0  # iterations of the named terms alone before absent_suppress comes in
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
@@ -45,6 +46,11 @@ class LossConfig:
         if step < self.pairwise_start:
             return 0.0
         return min(1.0, (step - self.pairwise_start + 1) / self.pairwise_ramp) if self.pairwise_ramp else 1.0
+
+    def suppresses_absent(self, step: int) -> bool:
+        """Whether this step adds the absent term. Pushing every map down from the start slows L1's first descent
+        (its loss stays near 0.2 for ~200 iterations with the term, ~100 without: docs/world.md)."""
+        return self.absent_suppress > 0 and step >= self.absent_start
 
 
 def similarity(cos: torch.Tensor, config: LossConfig) -> torch.Tensor:

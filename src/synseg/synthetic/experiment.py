@@ -73,7 +73,8 @@ class WorldConfig:
 QUICK = {"train_scenes": 600, "test_scenes": 80, "seeds": (0,),
          "variants": ("L1 only (single-category alignment)", "MaskCLIP (training-free)", "Chance (uniform random labels)"),
          "train": {"iterations": 400, "batch_size": 32, "lr": 0.002, "warmup": 5, "max_phrases": 4, "workers": 0,
-                   "checkpoint_every": 1000, "log_every": 10, "loss": {"absent_suppress": 0.1, "absent_phrases": 2}}}
+                   "checkpoint_every": 1000, "log_every": 10,
+                   "loss": {"absent_suppress": 0.1, "absent_phrases": 2, "absent_start": 150}}}
 
 
 def model_config(config: WorldConfig) -> SynSegConfig:

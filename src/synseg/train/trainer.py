@@ -170,7 +170,7 @@ class Trainer:
         image_index = torch.tensor([i for i, ps in enumerate(phrases) for _ in ps], device=self.device)
         text = self.text(flat)
         pairs_text, pairs_image = text, image_index
-        if self.config.loss.absent_suppress:
+        if self.config.loss.suppresses_absent(self.step):
             absent_image, absent_phrase = absent_pairs(text, image_index, self.config.loss)
             pairs_text, pairs_image = torch.cat([text, text[absent_phrase]]), torch.cat([image_index, absent_image])
         named = len(flat)
