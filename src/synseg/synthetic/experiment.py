@@ -6,6 +6,7 @@ supervised upper bound, which needs ground-truth masks that captions do not give
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 import statistics
@@ -48,6 +49,11 @@ VARIANTS: dict[str, tuple[str, ...] | None] = {
 }
 
 
+# every caption-trained row's TrainConfig fields
+TRAIN = {"iterations": 350, "batch_size": 32, "lr": 0.002, "warmup": 5, "max_phrases": 4, "workers": 0,
+         "checkpoint_every": 1000, "log_every": 10, "loss": {"absent_suppress": 0.1, "absent_phrases": 2}}
+
+
 @dataclass
 class WorldConfig:
     """The experiment's defaults are its best measured setting (docs/world.md): L2-L4 and the paper's pooling fail here
@@ -61,10 +67,7 @@ class WorldConfig:
     world_seed: int = 1
     seeds: tuple[int, ...] = (0, 1, 2)
     variants: tuple[str, ...] = tuple(VARIANTS)
-    train: dict = field(default_factory=lambda: {
-        "iterations": 350, "batch_size": 32, "lr": 0.002, "warmup": 5, "max_phrases": 4, "workers": 0,
-        "checkpoint_every": 1000, "log_every": 10, "loss": {"absent_suppress": 0.1, "absent_phrases": 2},
-    })
+    train: dict = field(default_factory=lambda: copy.deepcopy(TRAIN))
     decoder: dict = field(default_factory=lambda: {"ffn_dim": 256})
     model: dict = field(default_factory=lambda: {"pool_source": "backbone", "pool_divisor": "tokens"})  # SynSegConfig overrides
     views: int = 1  # 96-px scenes: quadrant views would only upsample 48-px crops
@@ -72,9 +75,7 @@ class WorldConfig:
 
 QUICK = {"train_scenes": 600, "test_scenes": 80, "seeds": (0,),
          "variants": ("L1 only (single-category alignment)", "MaskCLIP (training-free)", "Chance (uniform random labels)"),
-         "train": {"iterations": 400, "batch_size": 32, "lr": 0.002, "warmup": 5, "max_phrases": 4, "workers": 0,
-                   "checkpoint_every": 1000, "log_every": 10,
-                   "loss": {"absent_suppress": 0.1, "absent_phrases": 2, "absent_start": 150}}}
+         "train": {**TRAIN, "iterations": 400, "loss": {**TRAIN["loss"], "absent_start": 150}}}
 
 
 def model_config(config: WorldConfig) -> SynSegConfig:
