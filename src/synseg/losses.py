@@ -49,7 +49,7 @@ class LossConfig:
 
     def suppresses_absent(self, step: int) -> bool:
         """Whether this step adds the absent term. Pushing every map down from the start slows L1's first descent
-        (its loss stays near 0.2 for ~200 iterations with the term, ~100 without: docs/world.md)."""
+        (in the world's quick run its loss is 0.181 at step 100 with the term, 0.104 without: docs/world.md)."""
         return self.absent_suppress > 0 and step >= self.absent_start
 
 
