@@ -2,6 +2,9 @@
 
     python benchmarks/world_diagnostics.py probe
         linear probe from the world CLIP's layer tokens to each token's class: can a decoder tell colour and shape?
+    python benchmarks/world_diagnostics.py shape [--clip FILE]
+        the world CLIP's zero-shot reading of the largest thing on held-out scenes, by its size: colour, and shape
+        among the scenes whose colour it got right (chance 1 in 6)
     python benchmarks/world_diagnostics.py maps CHECKPOINT WORLD_TEST_DIR [--images 8]
         how alike the class texts are, then per test image: mean activation inside / outside each present class,
         and which classes win the argmax
@@ -20,7 +23,8 @@ from synseg.checkpoint import load_model
 from synseg.models import BackboneConfig
 from synseg.models.backbone import ClipBackbone
 from synseg.synthetic.experiment import ARCHITECTURE, SHIPPED_CLIP
-from synseg.synthetic.world import CLASSES, STUFF, make_scene, scene_rng
+from synseg.synthetic import tiny_clip
+from synseg.synthetic.world import CLASSES, STUFF, THINGS, indefinite, make_scene, scene_rng
 
 
 def backbone_pixels(backbone: ClipBackbone, image: np.ndarray) -> torch.Tensor:
@@ -68,6 +72,28 @@ def probe(steps: int = 1500) -> None:
           f"{(predicted[thing] == y_test[thing]).float().mean():.1%}")
 
 
+@torch.no_grad()
+def shape(clip: Path, scenes: int = 1200) -> None:
+    model = tiny_clip.create(clip).float().eval()
+    texts = tiny_clip.label_embeddings(model, [indefinite(t) for t in THINGS], tiny_clip.THING_TEMPLATES)
+    radius, phrase_right, colour_right = [], [], []
+    for start in range(0, scenes, 200):
+        batch = [make_scene(scene_rng(0, i, tiny_clip.EVAL_STREAM), 96, "test") for i in range(start, min(scenes, start + 200))]
+        image = model.encode_image(tiny_clip.normalize(model, tiny_clip.scenes_to_pixels(batch, model.visual.image_size[0])))
+        guesses = (F.normalize(image, dim=-1) @ texts.T).argmax(1).tolist()
+        for scene, guess in zip(batch, guesses):
+            radius.append(scene.largest.radius / 96)
+            phrase_right.append(THINGS[guess] == scene.largest.phrase)
+            colour_right.append(THINGS[guess].split(" ")[0] == scene.largest.colour)
+    radius, phrase_right, colour_right = map(np.array, (radius, phrase_right, colour_right))
+    print("largest thing's radius (share of the scene) | scenes | phrase right | colour right | shape right given colour")
+    for low, high in ((0.09, 0.13), (0.13, 0.17), (0.17, 0.21), (0.21, 0.25)):
+        bucket = (radius >= low) & (radius < high)
+        shape_given_colour = phrase_right[bucket].sum() / max(1, colour_right[bucket].sum())
+        print(f"{low:.2f}-{high:.2f} | {bucket.sum()} | {phrase_right[bucket].mean():.1%} | {colour_right[bucket].mean():.1%} | "
+              f"{shape_given_colour:.1%}")
+
+
 def maps(checkpoint: str, test: Path, images: int) -> None:
     model = load_model(checkpoint, "cpu")
     backbone = model.backbone
@@ -93,6 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("probe")
+    commands.add_parser("shape").add_argument("--clip", type=Path, default=SHIPPED_CLIP)
     inspect = commands.add_parser("maps")
     inspect.add_argument("checkpoint")
     inspect.add_argument("test", type=Path)
@@ -100,6 +127,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "probe":
         probe()
+    elif args.command == "shape":
+        shape(args.clip)
     else:
         maps(args.checkpoint, args.test, args.images)
 

@@ -191,7 +191,7 @@ def _train(config: TrainConfig, progress: bool) -> tuple[torch.nn.Module, list[f
 
 
 @torch.no_grad()
-def _label_embeddings(model: torch.nn.Module, names: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+def label_embeddings(model: torch.nn.Module, names: list[str], templates: tuple[str, ...]) -> torch.Tensor:
     texts = [template.format(name) for name in names for template in templates]
     embedded = F.normalize(model.encode_text(tokenizer()(texts)), dim=-1).view(len(names), len(templates), -1)
     return F.normalize(embedded.mean(1), dim=-1)
@@ -203,8 +203,8 @@ def zero_shot(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene_s
     unseen phrases), and the stuff among all stuff."""
     model.eval()
     image_size = model.visual.preprocess_cfg["size"][0]
-    things = _label_embeddings(model, [indefinite(t) for t in THINGS], THING_TEMPLATES)
-    stuff = _label_embeddings(model, [STUFF_NOUNS[s][0] for s in STUFF], STUFF_TEMPLATES)
+    things = label_embeddings(model, [indefinite(t) for t in THINGS], THING_TEMPLATES)
+    stuff = label_embeddings(model, [STUFF_NOUNS[s][0] for s in STUFF], STUFF_TEMPLATES)
     hits: dict[str, list[bool]] = {"things_seen": [], "things_unseen": [], "stuff": []}
     for start in range(0, scenes, 200):
         batch = [make_scene(scene_rng(seed, i, EVAL_STREAM), scene_size, "test")
