@@ -137,3 +137,18 @@ def test_inference_path_computes_what_the_reference_modules_compute(tiny_model):
     with torch.inference_mode():
         deconvolved = decoder.upsample(features[:, 1:].transpose(1, 2).reshape(2, 64, h, w))
         torch.testing.assert_close(decoder.to_logits(features), deconvolved, atol=1e-5, rtol=1e-5)
+
+
+def test_profile_names_the_operators_that_take_the_time_without_native_log_noise(tmp_path, capfd):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--backbone", "synseg-tiny", "--views", "1", "--classes", "3", "--methods", "synseg",
+                 "--repeats", "1", "--image-size", "64x64", "--profile", "--json", str(path)]) == 0
+    out, err = capfd.readouterr()
+    profile = json.loads(path.read_text())["rows"][0]["profile"]
+    assert 1 <= len(profile) <= 8
+    assert all(p["self_ms"] > 0 and p["calls"] >= 1 for p in profile)
+    assert [p["self_ms"] for p in profile] == sorted((p["self_ms"] for p in profile), reverse=True)
+    assert 0 < sum(p["share"] for p in profile) <= 1 + 1e-9
+    assert any("linear" in p["op"] or "mm" in p["op"] for p in profile)  # the encoder's and decoder's products
+    assert "where synseg's time goes at 1 view and 3 classes" in out and profile[0]["op"] in out
+    assert "profiler_st" not in err and "ERROR" not in err

@@ -13,7 +13,7 @@ from PIL import Image
 from synseg.checkpoint import load_model, save_model
 from synseg.errors import UserError
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
-from synseg.predictor import Segmenter, make_views, stitch_views
+from synseg.predictor import Segmenter, best_label, make_views, stitch_views
 
 
 @pytest.mark.parametrize(
@@ -77,6 +77,16 @@ def test_views_are_whole_image_then_quadrants():
     assert views.shape == (5, 3, 32, 32)
     assert views[4].min() > 0.99 and views[1:4].max() < 0.01
     assert 0.2 < views[0].mean() < 0.3
+
+
+@pytest.mark.parametrize("classes", [1, 2, 7])
+def test_best_label_is_max_over_classes_first_on_ties(classes):
+    maps = torch.rand(classes, 9, 11, generator=torch.Generator().manual_seed(classes))
+    maps[:, :3] = 0.5  # every class tied on these rows: the first class wins, as with max(dim=0)
+    best, index = best_label(maps)
+    expected_best, expected_index = maps.max(dim=0)
+    assert torch.equal(best, expected_best) and torch.equal(index, expected_index)
+    assert (index[:3] == 0).all()
 
 
 def test_save_then_load_gives_identical_outputs(tmp_path):

@@ -47,6 +47,7 @@ class BenchConfig:
     repeats: int = 3  # timed calls per row after one warm-up call; fewer once a row has used max_call_seconds
     max_call_seconds: float = 10.0  # peers' rows predicted to take longer per call are skipped
     precision: str = "fp32"
+    profile: bool = False  # one more call per SynSeg row under torch.profiler: which operators take the time
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Row:
     model_ms: float  # median of the predictor's own part (encoder + decoder), without views, stitching and argmax
     gflops: float
     repeats: int
+    profile: list[dict] | None = None  # the operators that took the most time in one profiled call (BenchConfig.profile)
 
 
 @dataclass
@@ -378,14 +380,46 @@ def measure(method: Method, image: Image.Image, views: int, classes: int, config
         seconds: list[float] = []
         while len(seconds) < config.repeats and (not seconds or sum(seconds) < config.max_call_seconds):
             seconds.append(elapsed(call, device))
+        profiled = profile_call(call, device) if config.profile and method.name == "synseg" else None
     latency = statistics.median(seconds)
     flops = method.flops(views, classes)
     return Row(
         method=method.name, device=str(device), views=views, classes=classes,
         latency_ms=latency * 1e3, fps=1.0 / latency, peak_mem_mb=(method.weight_bytes + peak[0]) / 2**20,
         flop_bound_ms=flops / bound_gflops / 1e6, model_ms=statistics.median(clocked.seconds) * 1e3,
-        gflops=flops / 1e9, repeats=len(seconds),
+        gflops=flops / 1e9, repeats=len(seconds), profile=profiled,
     )
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Silence what C++ libraries write to fd 2: the profiler's tracing library logs its start and stop (and, on a CUDA
+    build without a GPU, an 'ERROR' that is not one) whatever its log level."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def profile_call(call: Callable[[], object], device: torch.device, top: int = 8) -> list[dict]:
+    """The `top` operators by their own time in one call (on CUDA, time on the GPU), with call counts and shares."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with native_stderr_silenced(), profile(activities=activities) as profiler:
+        call()
+        synchronize(device)
+    own = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)  # noqa: E731
+    events = [e for e in profiler.key_averages() if own(e) > 0]
+    total = sum(own(e) for e in events)
+    ranked = sorted(events, key=own, reverse=True)[:top]
+    return [{"op": e.key, "self_ms": own(e) / 1e3, "calls": e.count, "share": own(e) / total} for e in ranked]
 
 
 def machine_name(device: torch.device) -> str:
@@ -475,6 +509,10 @@ def format_report(report: Report) -> str:
         lines += [f"  views {g['views']} classes {g['classes'][0]}->{g['classes'][1]}: {g['ms_per_class']:.2f} ms/class "
                   f"(bound {g['flop_bound_ms_per_class']:.2f} ms/class, {g['ms_per_class'] / g['flop_bound_ms_per_class']:.2f}x)"
                   for g in growth]
+    for r in (r for r in report.rows if r.profile):
+        lines += ["", f"where synseg's time goes at {r.views} view{'s' * (r.views > 1)} and {r.classes} classes (one profiled call, own time "
+                      "per operator):"]
+        lines += [f"  {p['op']:<52}{p['self_ms']:>9.1f} ms{p['share']:>7.1%}{p['calls']:>6} calls" for p in r.profile]
     return "\n".join(lines)
 
 

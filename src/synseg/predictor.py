@@ -79,6 +79,19 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=mode != "nearest" and shrinks)
 
 
+def best_label(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[K, H, W] -> the highest activation per pixel and its class (the first on ties), as `maps.max(dim=0)`.
+
+    A running maximum reads each class's map once, in order; `max(dim=0)` strides across the K maps for every pixel
+    and takes 2.3x as long at 150 classes and 512x512 on CPU (docs/speed.md).
+    """
+    best, index = maps[0].clone(), torch.zeros(maps.shape[1:], dtype=torch.int64, device=maps.device)
+    for k in range(1, len(maps)):
+        index.masked_fill_(maps[k] > best, k)
+        torch.maximum(best, maps[k], out=best)
+    return best, index
+
+
 class Segmenter:
     """Segment any image with any labels; label embeddings are cached, so a class list is embedded once."""
 
@@ -116,7 +129,7 @@ class Segmenter:
         """Per pixel the best label; with `background`, pixels whose best activation is below threshold get 0."""
         labels = parse_labels(labels)
         maps = self.activations(image, labels, views)
-        best, index = maps.max(dim=0)
+        best, index = best_label(maps)
         if background:
             threshold = self.predictor.background_threshold if threshold is None else threshold
             index = torch.where(best < threshold, 0, index + 1)

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "repeating once its timed calls add up to this")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default) or bf16 autocast")
     parser.add_argument("--threads", type=int, help="CPU threads (default: every core this process may use)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one more call per synseg row and print the operators that take the time")
     parser.add_argument("--json", metavar="FILE", help="also write the rows, ratios and machine figures here")
 
 
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(
         views=int_list(args.views, "--views", (1, 5)), classes=int_list(args.classes, "--classes"), methods=methods,
         image_size=parse_size(args.image_size), repeats=args.repeats, max_call_seconds=args.max_call_seconds,
-        precision=args.precision,
+        precision=args.precision, profile=args.profile,
     )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(args.threads or cores)
