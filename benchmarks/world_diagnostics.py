@@ -24,7 +24,7 @@ from synseg.models import BackboneConfig
 from synseg.models.backbone import ClipBackbone
 from synseg.synthetic.experiment import ARCHITECTURE, SHIPPED_CLIP
 from synseg.synthetic import tiny_clip
-from synseg.synthetic.world import CLASSES, STUFF, THINGS, indefinite, make_scene, scene_rng
+from synseg.synthetic.world import CLASSES, STUFF, make_scene, scene_rng
 
 
 def backbone_pixels(backbone: ClipBackbone, image: np.ndarray) -> torch.Tensor:
@@ -72,26 +72,19 @@ def probe(steps: int = 1500) -> None:
           f"{(predicted[thing] == y_test[thing]).float().mean():.1%}")
 
 
-@torch.no_grad()
-def shape(clip: Path, scenes: int = 1200) -> None:
-    model = tiny_clip.create(clip).float().eval()
-    texts = tiny_clip.label_embeddings(model, [indefinite(t) for t in THINGS], tiny_clip.THING_TEMPLATES)
+def shape(clip: Path) -> None:
     radius, phrase_right, colour_right = [], [], []
-    for start in range(0, scenes, 200):
-        batch = [make_scene(scene_rng(0, i, tiny_clip.EVAL_STREAM), 96, "test") for i in range(start, min(scenes, start + 200))]
-        image = model.encode_image(tiny_clip.normalize(model, tiny_clip.scenes_to_pixels(batch, model.visual.image_size[0])))
-        guesses = (F.normalize(image, dim=-1) @ texts.T).argmax(1).tolist()
-        for scene, guess in zip(batch, guesses):
-            radius.append(scene.largest.radius / 96)
-            phrase_right.append(THINGS[guess] == scene.largest.phrase)
-            colour_right.append(THINGS[guess].split(" ")[0] == scene.largest.colour)
+    for scene, thing, _ in tiny_clip.read_scenes(tiny_clip.create(clip).float()):
+        radius.append(scene.largest.radius / 96)
+        phrase_right.append(thing == scene.largest.phrase)
+        colour_right.append(thing.split(" ")[0] == scene.largest.colour)
     radius, phrase_right, colour_right = map(np.array, (radius, phrase_right, colour_right))
     print("largest thing's radius (share of the scene) | scenes | phrase right | colour right | shape right given colour")
     for low, high in ((0.09, 0.13), (0.13, 0.17), (0.17, 0.21), (0.21, 0.25)):
         bucket = (radius >= low) & (radius < high)
         shape_given_colour = phrase_right[bucket].sum() / max(1, colour_right[bucket].sum())
-        print(f"{low:.2f}-{high:.2f} | {bucket.sum()} | {phrase_right[bucket].mean():.1%} | {colour_right[bucket].mean():.1%} | "
-              f"{shape_given_colour:.1%}")
+        print(f"{low:.2f}-{high:.2f} | {bucket.sum()} | {phrase_right[bucket].mean():.1%} | "
+              f"{colour_right[bucket].mean():.1%} | {shape_given_colour:.1%}")
 
 
 def maps(checkpoint: str, test: Path, images: int) -> None:

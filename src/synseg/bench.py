@@ -510,8 +510,9 @@ def format_report(report: Report) -> str:
                   f"(bound {g['flop_bound_ms_per_class']:.2f} ms/class, {g['ms_per_class'] / g['flop_bound_ms_per_class']:.2f}x)"
                   for g in growth]
     for r in (r for r in report.rows if r.profile):
-        lines += ["", f"where synseg's time goes at {r.views} view{'s' * (r.views > 1)} and {r.classes} classes (one profiled call, own time "
-                      "per operator):"]
+        views = f"{r.views} view{'s' * (r.views > 1)}"
+        lines += ["", f"where synseg's time goes at {views} and {r.classes} classes (one profiled call, own time per "
+                      "operator):"]
         lines += [f"  {p['op']:<52}{p['self_ms']:>9.1f} ms{p['share']:>7.1%}{p['calls']:>6} calls" for p in r.profile]
     return "\n".join(lines)
 

@@ -191,21 +191,21 @@ def _train(config: TrainConfig, progress: bool) -> tuple[torch.nn.Module, list[f
 
 
 @torch.no_grad()
-def label_embeddings(model: torch.nn.Module, names: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+def _label_embeddings(model: torch.nn.Module, names: list[str], templates: tuple[str, ...]) -> torch.Tensor:
     texts = [template.format(name) for name in names for template in templates]
     embedded = F.normalize(model.encode_text(tokenizer()(texts)), dim=-1).view(len(names), len(templates), -1)
     return F.normalize(embedded.mean(1), dim=-1)
 
 
 @torch.no_grad()
-def zero_shot(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene_size: int = 96) -> dict[str, float]:
-    """Accuracy on held-out test-split scenes: the largest thing's phrase among all things (split into seen and
-    unseen phrases), and the stuff among all stuff."""
+def read_scenes(model: torch.nn.Module, scenes: int = 1200, seed: int = 0,
+                scene_size: int = 96) -> Iterator[tuple[Scene, str, str]]:
+    """Held-out test-split scenes, each with the CLIP's zero-shot reading: (scene, thing phrase, stuff) whose texts lie
+    closest to the image."""
     model.eval()
     image_size = model.visual.preprocess_cfg["size"][0]
-    things = label_embeddings(model, [indefinite(t) for t in THINGS], THING_TEMPLATES)
-    stuff = label_embeddings(model, [STUFF_NOUNS[s][0] for s in STUFF], STUFF_TEMPLATES)
-    hits: dict[str, list[bool]] = {"things_seen": [], "things_unseen": [], "stuff": []}
+    things = _label_embeddings(model, [indefinite(t) for t in THINGS], THING_TEMPLATES)
+    stuff = _label_embeddings(model, [STUFF_NOUNS[s][0] for s in STUFF], STUFF_TEMPLATES)
     for start in range(0, scenes, 200):
         batch = [make_scene(scene_rng(seed, i, EVAL_STREAM), scene_size, "test")
                  for i in range(start, min(scenes, start + 200))]
@@ -213,9 +213,17 @@ def zero_shot(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene_s
         thing_guess = (features @ things.T).argmax(1).tolist()
         stuff_guess = (features @ stuff.T).argmax(1).tolist()
         for scene, thing, place in zip(batch, thing_guess, stuff_guess):
-            hits["stuff"].append(STUFF[place] == scene.stuff)
-            target = scene.largest.phrase
-            hits["things_unseen" if target in UNSEEN_THINGS else "things_seen"].append(THINGS[thing] == target)
+            yield scene, THINGS[thing], STUFF[place]
+
+
+def zero_shot(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene_size: int = 96) -> dict[str, float]:
+    """Accuracy on held-out test-split scenes: the largest thing's phrase among all things (split into seen and
+    unseen phrases), and the stuff among all stuff."""
+    hits: dict[str, list[bool]] = {"things_seen": [], "things_unseen": [], "stuff": []}
+    for scene, thing, place in read_scenes(model, scenes, seed, scene_size):
+        hits["stuff"].append(place == scene.stuff)
+        target = scene.largest.phrase
+        hits["things_unseen" if target in UNSEEN_THINGS else "things_seen"].append(thing == target)
     result = {name: float(np.mean(values)) if values else float("nan") for name, values in hits.items()}
     result.update({f"n_{name}": len(values) for name, values in hits.items()})
     return result
