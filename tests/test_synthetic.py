@@ -15,8 +15,9 @@ from PIL import Image
 
 from synseg.errors import UserError
 from synseg.synthetic import (
-    CLASSES, COLOURS, SEEN_THINGS, STUFF, STUFF_NOUNS, THINGS, UNSEEN_THINGS, make_scene, scene_rng, write_split,
+    CLASSES, COLOURS, PATTERNS, SEEN_THINGS, STUFF, STUFF_NOUNS, THINGS, UNSEEN_THINGS, make_scene, scene_rng, write_split,
 )
+from synseg.synthetic.world import MAX_THINGS, pattern_mask
 from synseg.synthetic import tiny_clip
 
 
@@ -35,22 +36,36 @@ def test_same_seed_same_scene_and_different_seed_different_scene() -> None:
     assert not np.array_equal(a.image, c.image)
 
 
-@pytest.mark.parametrize("size", [96, 128])
+@pytest.mark.parametrize("size", [64, 128])
 def test_ground_truth_matches_the_pixels(size: int) -> None:
     palette = np.array(list(COLOURS.values()), dtype=np.float64)
-    for index in range(40):
+    counts = set()
+    for index in range(60):
         scene = make_scene(scene_rng(3, index), size)
         assert scene.image.shape == (size, size, 3) and scene.image.dtype == np.uint8
         assert scene.label_map.shape == (size, size)
-        assert 1 <= len(scene.objects) <= 4
+        assert 1 <= len(scene.objects) <= MAX_THINGS
+        counts.add(len(scene.objects))
         assert len({thing.phrase for thing in scene.objects}) == len(scene.objects)
         present = set(np.unique(scene.label_map).tolist())
         assert present <= {CLASSES.index(scene.stuff)} | {thing.class_index for thing in scene.objects}
         for thing in scene.objects:
             pixels = scene.image[scene.label_map == thing.class_index].astype(np.float64)
             assert len(pixels) == thing.pixels > 0
-            nearest = np.linalg.norm(palette[None] - pixels.mean(0)[None], axis=2).argmin()
+            darker = pixels[pixels.sum(1) <= np.median(pixels.sum(1))]  # the colour itself, not its light tint
+            nearest = np.linalg.norm(palette[None] - darker.mean(0)[None], axis=2).argmin()
             assert list(COLOURS)[nearest] == thing.colour
+    assert counts == set(range(1, MAX_THINGS + 1))
+
+
+def test_every_pattern_is_a_motif_a_patch_holds_and_paint_is_plain() -> None:
+    tints = {p: pattern_mask(p, (32.0, 32.0), (0.0, 0.0), 64) for p in PATTERNS}
+    assert not tints["paint"].any()
+    for name, tint in tints.items():
+        if name != "paint":
+            shares = tint.reshape(8, 8, 8, 8).mean(axis=(1, 3))  # per 8x8 patch
+            assert 0.1 < tint.mean() < 0.6 and (shares > 0).all(), name
+    assert len({tint.tobytes() for tint in tints.values()}) == len(PATTERNS)
 
 
 def test_unseen_things_never_reach_training_images_or_captions() -> None:
@@ -79,26 +94,29 @@ def test_scenes_generate_fast() -> None:
     make_scene(0)
     start = time.perf_counter()
     for index in range(50):
-        make_scene(scene_rng(1, index), 96)
+        make_scene(scene_rng(1, index), 64)
     assert time.perf_counter() - start < 0.75
 
 
 def test_stuff_and_things_can_be_pinned_but_not_to_unseen_ones_in_training() -> None:
-    scene = make_scene(4, 96, "train", stuff="snow", things=["red circle", "blue star"])
-    assert scene.stuff == "snow" and {t.phrase for t in scene.objects} <= {"red circle", "blue star"}
-    assert make_scene(4, 96, "test", things=[UNSEEN_THINGS[0]]).objects[0].phrase == UNSEEN_THINGS[0]
-    for bad in ([UNSEEN_THINGS[0]], [], ["red circle", "red circle"], ["pink moon"]):
+    scene = make_scene(4, 64, "train", stuff="snow", things=["red stripes", "blue dots"])
+    assert scene.stuff == "snow" and {t.phrase for t in scene.objects} <= {"red stripes", "blue dots"}
+    assert make_scene(4, 64, "test", things=[UNSEEN_THINGS[0]]).objects[0].phrase == UNSEEN_THINGS[0]
+    for bad in ([UNSEEN_THINGS[0]], [], ["red stripes", "red stripes"], ["pink moon"], list(SEEN_THINGS[:6])):
         with pytest.raises(UserError):
-            make_scene(4, 96, "train", things=bad)
+            make_scene(4, 64, "train", things=bad)
+    assert all(len(make_scene(scene_rng(4, i), 64, max_things=2).objects) <= 2 for i in range(20))
 
 
 def test_bad_split_size_or_stuff_is_a_user_error() -> None:
     with pytest.raises(UserError):
-        make_scene(0, 96, "val")
+        make_scene(0, 64, "val")
     with pytest.raises(UserError):
         make_scene(0, 8)
     with pytest.raises(UserError):
-        make_scene(0, 96, stuff="lava")
+        make_scene(0, 64, stuff="lava")
+    with pytest.raises(UserError):
+        make_scene(0, 64, max_things=6)
 
 
 def test_writer_produces_a_voc_like_layout(tmp_path) -> None:
@@ -108,7 +126,7 @@ def test_writer_produces_a_voc_like_layout(tmp_path) -> None:
     records = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
     assert [r["image"] for r in records] == [f"JPEGImages/{name}.png" for name in names]
     for index, (name, record) in enumerate(zip(names, records)):
-        scene = make_scene(scene_rng(2, index), 96, "test")
+        scene = make_scene(scene_rng(2, index), 64, "test")
         with Image.open(root / record["image"]) as image:
             assert np.array_equal(np.asarray(image), scene.image)
         with Image.open(root / "SegmentationClass" / f"{name}.png") as label:
@@ -127,15 +145,15 @@ def test_architecture_matches_the_brief() -> None:
 
 
 def test_tiny_clip_learns_and_checkpoint_loads_through_open_clip(tmp_path) -> None:
-    config = tiny_clip.TrainConfig(steps=40, batch_size=32, warmup=4, seed=1, max_scene=64, threads=1, workers=0)
+    config = tiny_clip.TrainConfig(steps=40, batch_size=32, warmup=4, seed=1, threads=1, workers=0)
     stream = tiny_clip.PairStream(config, 64)
     pixels, tokens = stream.batch(0)
-    assert pixels.shape == (32, 3, 64, 64) and tokens.shape == (32, 24)
+    assert pixels.shape == (32, 3, 64, 64) and tokens.shape == (32, 32)
     assert torch.equal(stream.batch(1)[0], stream.batch(1)[0])
     threads = torch.get_num_threads()
     model, losses = tiny_clip.train(config, progress=False)
     assert len(losses) == 40 and torch.get_num_threads() == threads
-    probe = tiny_clip.PairStream(tiny_clip.TrainConfig(seed=99, batch_size=32, max_scene=64), 64).batch(0)
+    probe = tiny_clip.PairStream(tiny_clip.TrainConfig(seed=99, batch_size=32), 64).batch(0)
     with torch.no_grad():
         held_out = tiny_clip.contrastive_loss(model, *probe).item()
     assert held_out < math.log(32) - 0.25, held_out  # below chance: it matches captions it never saw
@@ -155,7 +173,7 @@ def test_tiny_clip_command_refuses_a_bad_output_before_training(tmp_path, capsys
 
 
 def test_a_backdrop_puts_a_second_named_stuff_above_the_horizon() -> None:
-    scenes = [make_scene(scene_rng(9, index), 96, backdrop=1.0) for index in range(40)]
+    scenes = [make_scene(scene_rng(9, index), 64, backdrop=1.0) for index in range(40)]
     for scene in scenes:
         assert scene.backdrop in STUFF and scene.backdrop != scene.stuff
         present = set(np.unique(scene.label_map).tolist())

@@ -23,7 +23,7 @@ def test_quick_world_learns_to_segment_from_captions(tmp_path):
     segments far above chance (untrained or stuck on L1's plateau it scores under 10 on stuff; docs/world.md)."""
     assert synseg(["world", "--quick", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
-    trained, chance = rows["L1 only (single-category alignment)"], rows["Chance (uniform random labels)"]
-    assert trained["stuff"][0] > chance["stuff"][0] + 45, rows
-    assert trained["all"][0] > chance["all"][0] + 7, rows
+    trained, chance = rows["L1 only (synseg train's default recipe)"], rows["Chance (uniform random labels)"]
+    assert trained["stuff"][0] > chance["stuff"][0] + 30, rows
+    assert trained["all"][0] > chance["all"][0] + 4, rows
     assert "MaskCLIP (training-free)" in rows

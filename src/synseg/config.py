@@ -1,6 +1,7 @@
 """Dataclass configs to and from JSON, strictly: an unknown key is an error, not a silent default."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import types
@@ -37,6 +38,14 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
             value = tuple(value)
         values[name] = value
     return cls(**values)
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` laid over it, nested dicts merged key by key (neither is changed)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def write_json(data: dict, path: str | Path) -> None:

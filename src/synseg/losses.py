@@ -29,6 +29,8 @@ class LossConfig:
     absent_phrases: int = 4  # such phrases decoded per image
     absent_text_gate: float = 0.8  # a phrase is not taken as absent if its text is this close to one of the image's own
     absent_start: int = 0  # iterations of the named terms alone before absent_suppress comes in
+    present_boost: float = 0.0  # not in the paper: each named phrase's map must fire somewhere (see present_loss)
+    present_tokens: int = 4  # its strongest tokens, whose mean activation is pushed towards 1
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
@@ -99,13 +101,23 @@ def absent_loss(absent_activations: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy(maps, torch.zeros_like(maps))
 
 
+def present_loss(named_activations: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Mean binary cross-entropy towards 1 of the mean of each named phrase's `tokens` strongest token activations
+    ([N, HW] maps): the multiple-instance counterpart of `absent_loss`, as weakly supervised segmentation trains from
+    image-level labels. L1-L4 compare directions only, so nothing else keeps a named category's map from fading."""
+    strongest = named_activations.float().topk(min(tokens, named_activations.shape[-1]), dim=-1).values.mean(-1)
+    return F.binary_cross_entropy(strongest, torch.ones_like(strongest))
+
+
 def mccl_loss(
     foreground: torch.Tensor, background: torch.Tensor, text: torch.Tensor, image_index: torch.Tensor, config: LossConfig,
     pairwise_scale: float = 1.0, absent_activations: torch.Tensor | None = None,
+    named_activations: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The four MCCL terms and their weighted total for N (image, category) pairs; pairs of one image share image_index.
 
-    With `config.absent_suppress`, `absent_activations` [M, HW] are the maps of phrases the images' captions do not name.
+    With `config.absent_suppress`, `absent_activations` [M, HW] are the maps of phrases the images' captions do not name;
+    with `config.present_boost`, `named_activations` [N, HW] are the maps of the N pairs.
     """
     fg, bg, t = (F.normalize(x.float(), dim=-1) for x in (foreground, background, text))
     images = int(image_index.max()) + 1
@@ -131,6 +143,8 @@ def mccl_loss(
             terms["inter_foreground"] = per_image_mean(-torch.log(1 - similarity(cos, config)), pair_image, gate, images)
     if config.absent_suppress and absent_activations is not None and len(absent_activations):
         terms["absent_suppress"] = absent_loss(absent_activations)
+    if config.present_boost and named_activations is not None:
+        terms["present_boost"] = present_loss(named_activations, config.present_tokens)
     terms["total"] = sum(getattr(config, name) * (pairwise_scale if name in TERMS[1:] else 1.0) * value
                          for name, value in terms.items())
     return terms

@@ -22,6 +22,12 @@ LEGEND_INCHES = 1.9
 LEGEND_ENTRIES = 10
 IGNORE_INDEX = 255
 IGNORE_COLOUR = (255, 255, 255)
+# Well-separated colours (Kelly's, without white and the greys) for the classes of one grid row: neighbouring VOC
+# palette indices can be near-identical, which a legend cannot tell apart.
+DISTINCT_COLOURS = np.array([
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+    (240, 50, 230), (128, 0, 0), (0, 128, 128), (170, 110, 40), (0, 0, 128),
+], dtype=np.uint8)
 
 
 def require_matplotlib() -> None:
@@ -46,10 +52,35 @@ def class_colours(background: bool) -> np.ndarray:
     return colours
 
 
-def blend(image: Image.Image, label_map: np.ndarray, background: bool, alpha: float = 0.55) -> np.ndarray:
+OTHER_COLOUR = (128, 128, 128)
+
+
+def distinct_colours(indices: list[int], background: bool) -> np.ndarray:
+    """[256, 3] uint8: the given classes (at most len(DISTINCT_COLOURS)) in well-separated colours, background black,
+    ignored pixels white, every other class grey ("other")."""
+    colours = np.tile(np.asarray(OTHER_COLOUR, dtype=np.uint8), (256, 1))
+    colours[IGNORE_INDEX] = IGNORE_COLOUR
+    if background:
+        colours[0] = 0
+    for colour, index in zip(DISTINCT_COLOURS, [i for i in indices if not (background and i == 0)]):
+        colours[index] = colour
+    return colours
+
+
+def row_classes(truth: np.ndarray, predictions: list[np.ndarray], min_share: float = 0.02) -> list[int]:
+    """The classes a grid row names in its legend: every class of the ground truth, then the predicted classes that
+    cover at least `min_share` of some prediction, largest first, up to len(DISTINCT_COLOURS)."""
+    present = shown_classes([truth], limit=len(DISTINCT_COLOURS), min_share=0.0)
+    predicted = shown_classes(predictions, limit=len(DISTINCT_COLOURS), min_share=min_share)
+    return sorted((present + [c for c in predicted if c not in present])[:len(DISTINCT_COLOURS)])
+
+
+def blend(image: Image.Image, label_map: np.ndarray, background: bool, alpha: float = 0.55,
+          colours: np.ndarray | None = None) -> np.ndarray:
     """The photo with class colours laid over it; background keeps the photo, ignored pixels are white."""
     photo = np.asarray(image.convert("RGB"), dtype=np.float32)
-    coloured = class_colours(background)[np.clip(label_map, 0, IGNORE_INDEX)].astype(np.float32)
+    colours = class_colours(background) if colours is None else colours
+    coloured = colours[np.clip(label_map, 0, IGNORE_INDEX)].astype(np.float32)
     mixed = (1 - alpha) * photo + alpha * coloured
     mixed[label_map == IGNORE_INDEX] = IGNORE_COLOUR
     if background:
@@ -68,11 +99,11 @@ def shown_classes(label_maps: list[np.ndarray], limit: int = LEGEND_ENTRIES, min
     return sorted(sorted(share, key=share.get, reverse=True)[:limit])
 
 
-def legend_handles(names: list[str], indices: list[int], background: bool):
+def legend_handles(names: list[str], indices: list[int], background: bool, colours: np.ndarray | None = None):
     """Legend patches for the given class indices."""
     from matplotlib.patches import Patch
 
-    colours = class_colours(background)
+    colours = class_colours(background) if colours is None else colours
     return [Patch(facecolor=colours[i] / 255, edgecolor="black", label=names[i]) for i in indices]
 
 
@@ -143,8 +174,9 @@ def benchmark_grid_rows(benchmark, segmenters: list, samples, views: int, thresh
     return rows
 
 
-def grid_figure(rows: list[GridRow], methods: list[str], names: list[str], background: bool):
-    """Rows of image | ground truth | each method, each row with a legend of the classes shown in it."""
+def grid_figure(rows: list[GridRow], methods: list[str], names: list[str], background: bool, alpha: float = 0.55):
+    """Rows of image | ground truth | each method, each row with a legend of its ground truth's classes and the
+    predicted classes that cover a visible share, in colours chosen for that row to be told apart (others grey)."""
     if not rows:
         raise UserError("no images to draw")
     columns = 2 + len(methods)
@@ -154,10 +186,16 @@ def grid_figure(rows: list[GridRow], methods: list[str], names: list[str], backg
     for axes_row, row in zip(axes, rows):
         _show(axes_row[0], np.asarray(row.image.convert("RGB")), row.title or "image")
         maps = [row.truth, *row.predictions]
+        shown = row_classes(row.truth, row.predictions)
+        colours = distinct_colours(shown, background)
         for ax, title, label_map in zip(axes_row[1:], ["ground truth", *methods], maps):
-            _show(ax, blend(row.image, label_map, background), title)
-        axes_row[-1].legend(handles=legend_handles(names, shown_classes(maps), background), loc="center left",
-                            bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+            _show(ax, blend(row.image, label_map, background, alpha, colours), title)
+        handles = legend_handles(names, shown, background, colours)
+        if any(not np.isin(m, [*shown, IGNORE_INDEX]).all() for m in maps):
+            from matplotlib.patches import Patch
+
+            handles.append(Patch(facecolor=np.asarray(OTHER_COLOUR) / 255, edgecolor="black", label="other"))
+        axes_row[-1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
     return fig
 
 

@@ -7,17 +7,21 @@ import sys
 from pathlib import Path
 
 from synseg.commands.common import resolve_device
-from synseg.config import from_dict, read_json
+from synseg.config import read_json
 from synseg.errors import UserError
 from synseg.losses import TERMS
-from synseg.train.config import TrainConfig
+from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig, recipe_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="webdataset shards (a .tar, a {a..b} pattern, a folder of .tar) or a jsonl folder")
     parser.add_argument("--phrases", required=True, help="PHRASES.jsonl written by `synseg phrases` from the same data")
     parser.add_argument("--out", required=True, help="run folder: config.json, log.jsonl, last/ (resumable), final/")
-    parser.add_argument("--config", help="TrainConfig as JSON (any subset of its fields; see docs/training.md)")
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default=DEFAULT_RECIPE,
+                        help="starting point under --config: 'measured' (default), the best recipe measured in the "
+                             "synthetic world (L1 + absent-category term, frozen-token pooling, L2-L4 off); 'paper', "
+                             "the paper's literal reading (all four MCCL terms; see docs/world.md)")
+    parser.add_argument("--config", help="TrainConfig as JSON (any subset of its fields, over --recipe; see docs/training.md)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--cache", help="folder for the frozen backbone's features, reused on later epochs and runs")
     parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available; torchrun: cuda:LOCAL_RANK)")
@@ -31,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_train_config(args: argparse.Namespace) -> TrainConfig:
-    config = from_dict(TrainConfig, read_json(args.config), where=args.config) if args.config else TrainConfig()
+    config = recipe_config(args.recipe, read_json(args.config) if args.config else {}, args.config or "--recipe")
     if args.backbone:
         config.model.backbone.name = args.backbone
     if args.pretrained:

@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="the 2-minute variant: one seed, L1 with absent-category suppression vs MaskCLIP vs chance")
     parser.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="processes the seeds run in, one thread each (default 2: twice as fast on two cores)")
     parser.add_argument("--config", help="JSON file of WorldConfig fields to override, e.g. {\"model\": {\"pool_source\": "
                                          "\"unconditional\"}} (merged over the --quick settings when both are given)")
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, seeds=tuple(int(s) for s in args.seeds.split(",")))
         except ValueError:
             raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    report = run_experiment(config, Path(args.out))
+    report = run_experiment(config, Path(args.out), args.jobs)
     print(report["table"])
     print(f"\n(mIoU %, mean ± std over seeds {', '.join(map(str, config.seeds))}; {report['minutes']} min; {args.out}/report.json)")
     return 0

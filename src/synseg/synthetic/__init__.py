@@ -5,7 +5,8 @@ from synseg.synthetic.world import (
     CLASSES,
     COLOURS,
     SEEN_THINGS,
-    SHAPES,
+    PATTERNS,
+    SILHOUETTES,
     SPLITS,
     STUFF,
     STUFF_NOUNS,
@@ -20,6 +21,6 @@ from synseg.synthetic.world import (
 )
 
 __all__ = [
-    "CLASSES", "COLOURS", "SEEN_THINGS", "SHAPES", "SPLITS", "STUFF", "STUFF_NOUNS", "THINGS", "UNSEEN", "UNSEEN_THINGS",
+    "CLASSES", "COLOURS", "PATTERNS", "SEEN_THINGS", "SILHOUETTES", "SPLITS", "STUFF", "STUFF_NOUNS", "THINGS", "UNSEEN", "UNSEEN_THINGS",
     "Scene", "Thing", "make_scene", "scene_rng", "write_split",
 ]

@@ -2,7 +2,7 @@
 
 The architecture is `synseg-world-clip` (models/architectures/synseg-world-clip.json). Training pairs come from
 `make_scene` on the fly, captions and all; only the training split's things are ever shown, so the held-out colour x
-shape phrases measure open-vocabulary transfer. The saved file is a plain safetensors state dict that
+pattern phrases measure open-vocabulary transfer. The saved file is a plain safetensors state dict that
 `open_clip.create_model("synseg-world-clip", pretrained=file)` loads like any local CLIP checkpoint.
 """
 from __future__ import annotations
@@ -27,19 +27,21 @@ from tqdm import tqdm
 from synseg.errors import UserError
 from synseg.io import atomic_path, ensure_writable_dir
 from synseg.synthetic.world import (
-    SEEN_THINGS, STUFF, STUFF_NOUNS, THINGS, UNSEEN_THINGS, Scene, Thing, indefinite, make_scene, scene_rng,
+    SEEN_THINGS, STUFF, STUFF_NOUNS, THINGS, UNSEEN_THINGS, Scene, Thing, make_scene, scene_rng,
 )
 
 ARCHITECTURE = "synseg-world-clip"
 ARCHITECTURE_FILE = Path(__file__).resolve().parents[1] / "models" / "architectures" / f"{ARCHITECTURE}.json"
 THING_TEMPLATES: tuple[str, ...] = ("{}", "a view of {}", "a photo of {}")
 STUFF_TEMPLATES: tuple[str, ...] = ("{}", "a view of {}", "{} in the background")
-TRAIN_STREAM, EVAL_STREAM, SIZE_STREAM, SHAPE_STREAM = 0, 1, 2, 3
+TRAIN_STREAM, EVAL_STREAM, PATTERN_STREAM = 0, 1, 3
 
 
 @dataclass
 class TrainConfig:
-    """Defaults sized for two CPU cores: 192k captioned scenes in about 15 minutes when the machine is idle."""
+    """Defaults sized for two CPU cores (docs/world.md has the measured time). Scenes are drawn at the CLIP's input size
+    with up to `max_things` things: the world's denser scenes make captions long and the largest thing less salient,
+    and CLIP learns to name patterns faster from sparser ones."""
 
     steps: int = 1500
     batch_size: int = 128
@@ -48,8 +50,7 @@ class TrainConfig:
     warmup: int = 50
     seed: int = 0
     group: int = 4
-    min_scene: int = 48
-    max_scene: int = 128
+    max_things: int = 3
     threads: int = 2
     workers: int = 1
 
@@ -88,8 +89,8 @@ def normalize(model: torch.nn.Module, pixels01: torch.Tensor) -> torch.Tensor:
     return (pixels01 - mean) / std
 
 
-def _reshape(things: tuple[Thing, ...], rng: np.random.Generator) -> list[str]:
-    """The same colours with other shapes, so captions within a group differ only in their shape words."""
+def _repattern(things: tuple[Thing, ...], rng: np.random.Generator) -> list[str]:
+    """The same colours with other patterns, so captions within a group differ only in their pattern words."""
     chosen: list[str] = []
     for thing in things:
         options = [p for p in SEEN_THINGS if p.split(" ")[0] == thing.colour and p not in chosen and p != thing.phrase]
@@ -100,8 +101,8 @@ def _reshape(things: tuple[Thing, ...], rng: np.random.Generator) -> list[str]:
 class PairStream(IterableDataset):
     """Training batches (pixels in [0, 1], tokens), batch k rebuilt from (seed, k) alone, so runs are repeatable.
 
-    Scenes come in groups that share stuff and colours and differ in shapes: without such hard negatives colour and
-    stuff alone tell a batch's pairs apart, and shape gets almost no gradient.
+    Scenes come in groups that share stuff and colours and differ in patterns: without such hard negatives colour and
+    stuff alone tell a batch's pairs apart, and pattern gets almost no gradient.
     """
 
     def __init__(self, config: TrainConfig, image_size: int) -> None:
@@ -110,17 +111,16 @@ class PairStream(IterableDataset):
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
-        size = int(scene_rng(c.seed, step, SIZE_STREAM).integers(c.min_scene, c.max_scene + 1))
         scenes: list[Scene] = []
         for position in range(c.batch_size):
             index = step * c.batch_size + position
             rng = scene_rng(c.seed, index, TRAIN_STREAM)
             if position % c.group == 0:
-                scenes.append(make_scene(rng, size, "train"))
+                scenes.append(make_scene(rng, self.image_size, "train", max_things=c.max_things))
             else:
                 base = scenes[-(position % c.group)]
-                things = _reshape(base.objects, scene_rng(c.seed, index, SHAPE_STREAM))
-                scenes.append(make_scene(rng, size, "train", base.stuff, things))
+                things = _repattern(base.objects, scene_rng(c.seed, index, PATTERN_STREAM))
+                scenes.append(make_scene(rng, self.image_size, "train", base.stuff, things))
         return scenes_to_pixels(scenes, self.image_size), self.tokenizer([scene.caption for scene in scenes])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -198,16 +198,16 @@ def _label_embeddings(model: torch.nn.Module, names: list[str], templates: tuple
 
 
 @torch.no_grad()
-def read_scenes(model: torch.nn.Module, scenes: int = 1200, seed: int = 0,
-                scene_size: int = 96) -> Iterator[tuple[Scene, str, str]]:
+def read_scenes(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene_size: int = 64,
+                max_things: int = TrainConfig.max_things, backdrop: float = 0.0) -> Iterator[tuple[Scene, str, str]]:
     """Held-out test-split scenes, each with the CLIP's zero-shot reading: (scene, thing phrase, stuff) whose texts lie
     closest to the image."""
     model.eval()
     image_size = model.visual.preprocess_cfg["size"][0]
-    things = _label_embeddings(model, [indefinite(t) for t in THINGS], THING_TEMPLATES)
+    things = _label_embeddings(model, list(THINGS), THING_TEMPLATES)
     stuff = _label_embeddings(model, [STUFF_NOUNS[s][0] for s in STUFF], STUFF_TEMPLATES)
     for start in range(0, scenes, 200):
-        batch = [make_scene(scene_rng(seed, i, EVAL_STREAM), scene_size, "test")
+        batch = [make_scene(scene_rng(seed, i, EVAL_STREAM), scene_size, "test", backdrop=backdrop, max_things=max_things)
                  for i in range(start, min(scenes, start + 200))]
         features = F.normalize(model.encode_image(normalize(model, scenes_to_pixels(batch, image_size))), dim=-1)
         thing_guess = (features @ things.T).argmax(1).tolist()
@@ -216,11 +216,12 @@ def read_scenes(model: torch.nn.Module, scenes: int = 1200, seed: int = 0,
             yield scene, THINGS[thing], STUFF[place]
 
 
-def zero_shot(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene_size: int = 96) -> dict[str, float]:
+def zero_shot(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene_size: int = 64,
+              max_things: int = TrainConfig.max_things, backdrop: float = 0.0) -> dict[str, float]:
     """Accuracy on held-out test-split scenes: the largest thing's phrase among all things (split into seen and
     unseen phrases), and the stuff among all stuff."""
     hits: dict[str, list[bool]] = {"things_seen": [], "things_unseen": [], "stuff": []}
-    for scene, thing, place in read_scenes(model, scenes, seed, scene_size):
+    for scene, thing, place in read_scenes(model, scenes, seed, scene_size, max_things, backdrop):
         hits["stuff"].append(place == scene.stuff)
         target = scene.largest.phrase
         hits["things_unseen" if target in UNSEEN_THINGS else "things_seen"].append(thing == target)

@@ -1,14 +1,15 @@
-"""A synthetic world with known ground truth: coloured shapes ("things") on textured "stuff", with noisy captions.
+"""A synthetic world with known ground truth: patterned, coloured "things" on textured "stuff", with noisy captions.
 
 It exists so the whole method can be run and scored without downloading CLIP weights or a benchmark:
-images, per-pixel labels and captions all come from one seed. Some colour x shape combinations are held out
-of the training split (images and captions) and appear only in the test split, which makes it open-vocabulary.
+images, per-pixel labels and captions all come from one seed. A thing is named by its colour and surface pattern
+("red stripes", "blue dots"); some colour x pattern combinations are held out of the training split (images and
+captions) and appear only in the test split, which makes it open-vocabulary.
 """
 from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -27,19 +28,24 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "blue": (35, 75, 225),
     "purple": (150, 45, 190),
 }
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross")
+# Things are named by colour and a surface pattern a patch can show; their outlines vary and are never named, since a
+# small ViT reads local appearance per patch but not global shape (docs/world.md). "paint" is the plain pattern.
+PATTERNS: tuple[str, ...] = ("stripes", "dots", "checks", "zigzags", "rings", "paint")
+SILHOUETTES: tuple[str, ...] = ("disc", "square", "blob", "ellipse", "triangle", "heart")
 STUFF: tuple[str, ...] = ("grass", "water", "sand", "brick wall", "snow", "wooden floor")
-# One held-out shape per colour and one held-out colour per shape, so every word is still seen in training.
+# One held-out pattern per colour and one held-out colour per pattern, so every word is still seen in training.
 UNSEEN: frozenset[tuple[str, str]] = frozenset(
-    {("red", "star"), ("orange", "heart"), ("yellow", "cross"), ("green", "circle"), ("blue", "square"),
-     ("purple", "triangle")}
+    {("red", "rings"), ("orange", "paint"), ("yellow", "stripes"), ("green", "dots"), ("blue", "checks"),
+     ("purple", "zigzags")}
 )
 
-THINGS: tuple[str, ...] = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
-SEEN_THINGS: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES if (c, s) not in UNSEEN)
-UNSEEN_THINGS: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES if (c, s) in UNSEEN)
+THINGS: tuple[str, ...] = tuple(f"{colour} {pattern}" for colour in COLOURS for pattern in PATTERNS)
+SEEN_THINGS: tuple[str, ...] = tuple(f"{c} {p}" for c in COLOURS for p in PATTERNS if (c, p) not in UNSEEN)
+UNSEEN_THINGS: tuple[str, ...] = tuple(f"{c} {p}" for c in COLOURS for p in PATTERNS if (c, p) in UNSEEN)
 CLASSES: tuple[str, ...] = STUFF + THINGS
 SPLITS: dict[str, tuple[str, ...]] = {"train": SEEN_THINGS, "test": THINGS}
+MAX_THINGS = 5
+THING_RADIUS = (0.16, 0.30)  # share of the scene side: the smallest spans about 2.5 patches of a patch-8 CLIP at 64 px
 
 # How captions name each stuff class: the plain name most of the time, sometimes a looser word, as people do.
 STUFF_PLACES: dict[str, tuple[str, ...]] = {
@@ -71,7 +77,8 @@ class Thing:
     """One object of a scene, in painting order; `pixels` counts what is left visible after occlusion."""
 
     colour: str
-    shape: str
+    pattern: str
+    silhouette: str
     center: tuple[float, float]
     radius: float
     angle: float
@@ -79,7 +86,7 @@ class Thing:
 
     @property
     def phrase(self) -> str:
-        return f"{self.colour} {self.shape}"
+        return f"{self.colour} {self.pattern}"
 
     @property
     def class_index(self) -> int:
@@ -100,11 +107,6 @@ class Scene:
     @property
     def largest(self) -> Thing | None:
         return max(self.objects, key=lambda thing: thing.pixels, default=None)
-
-
-def indefinite(phrase: str) -> str:
-    """The phrase with "a" or "an" in front."""
-    return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -134,31 +136,57 @@ def _regular(points: int, radii: tuple[float, ...], turn: float = np.pi / 2) -> 
     return np.stack([r * np.cos(angles), r * np.sin(angles)], axis=1)
 
 
-_TRIANGLE = _regular(3, (1.15,)) + np.array([0.0, 0.15])
-_STAR = _regular(5, (1.1, 0.45))
+_TRIANGLE = _regular(3, (1.2,)) + np.array([0.0, 0.15])
 
 
-def shape_mask(shape: str, center: tuple[float, float], radius: float, angle: float, size: int) -> np.ndarray:
-    """Boolean mask of one shape; (u, v) are object coordinates in radii, v pointing up."""
+def silhouette_mask(silhouette: str, center: tuple[float, float], radius: float, angle: float, size: int,
+                    wobble: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Boolean mask of one outline; (u, v) are object coordinates in radii, v pointing up. `wobble` (amplitude,
+    phase) bends the blob's edge, so no two blobs share an outline."""
     y, x = _grid(size)
     dx, dy = (x - center[0]) / radius, (center[1] - y) / radius
     cos, sin = np.cos(angle), np.sin(angle)
     u, v = cos * dx + sin * dy, -sin * dx + cos * dy
-    if shape == "circle":
+    if silhouette == "disc":
         return u * u + v * v <= 1.0
-    if shape == "square":
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.82
-    if shape == "triangle":
+    if silhouette == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.85
+    if silhouette == "ellipse":
+        return (u / 1.2) ** 2 + (v / 0.75) ** 2 <= 1.0
+    if silhouette == "blob":
+        theta = np.arctan2(v, u)
+        edge = 1.0 + wobble[0] * np.sin(3 * theta + wobble[1]) + 0.5 * wobble[0] * np.cos(5 * theta - 2 * wobble[1])
+        return u * u + v * v <= edge * edge
+    if silhouette == "triangle":
         return _polygon(u, v, _TRIANGLE)
-    if shape == "star":
-        return _polygon(u, v, _STAR)
-    if shape == "heart":
-        hx, hy = 1.15 * u, 1.15 * v + 0.15
+    if silhouette == "heart":
+        hx, hy = 1.1 * u, 1.1 * v + 0.15
         return (hx * hx + hy * hy - 1.0) ** 3 - hx * hx * hy ** 3 <= 0.0
-    if shape == "cross":
-        au, av = np.abs(u), np.abs(v)
-        return ((au <= 0.3) & (av <= 0.95)) | ((au <= 0.95) & (av <= 0.3))
-    raise ValueError(f"unknown shape {shape!r}")
+    raise ValueError(f"unknown silhouette {silhouette!r}")
+
+
+def pattern_mask(pattern: str, center: tuple[float, float], phase: tuple[float, float], size: int) -> np.ndarray:
+    """Where a thing shows its light tint instead of its colour: a motif on a period of 6-8 px, so that every patch of
+    a patch-8 CLIP at 64 px holds about one repeat (finer motifs blur away when a scene is resized). Laid in scene
+    coordinates with a per-thing `phase` in pixels; rings are centred on the thing."""
+    y, x = _grid(size)
+    scale = size / 64.0
+    px, py = x / scale + phase[0], y / scale + phase[1]
+    if pattern == "stripes":  # vertical bands, 3 px of each
+        return (px % 6.0) < 3.0
+    if pattern == "dots":  # a dot of radius 2.2 on an 8-px grid
+        return (px % 8.0 - 4.0) ** 2 + (py % 8.0 - 4.0) ** 2 <= 2.2 ** 2
+    if pattern == "checks":  # 4-px squares
+        return ((np.floor(px / 4.0) + np.floor(py / 4.0)) % 2) == 0
+    if pattern == "zigzags":  # horizontal zigzag lines 2 px thick, 8 px period, 6 px apart
+        tooth = np.abs(px % 8.0 - 4.0) - 2.0
+        return ((py + tooth) % 6.0) < 2.0
+    if pattern == "rings":  # concentric bands of 2 px around the thing's centre, 5 px apart
+        r = np.hypot(x - center[0], y - center[1]) / scale
+        return (r % 5.0) < 2.0
+    if pattern == "paint":
+        return np.zeros((size, size), dtype=bool)
+    raise ValueError(f"unknown pattern {pattern!r}")
 
 
 def _noise(rng: np.random.Generator, size: int, cells_y: int, cells_x: int) -> np.ndarray:
@@ -182,7 +210,7 @@ def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: np.ndarray) -> np.
 def texture(stuff: str, rng: np.random.Generator, size: int) -> np.ndarray:
     """A float HxWx3 texture (0-255) for one stuff class, each with its own colour and structure at 64-128 px."""
     y, x = _grid(size)
-    scale = size / 96.0 * rng.uniform(0.8, 1.25)
+    scale = size / 64.0 * rng.uniform(0.8, 1.25)  # stuff structure coarser than the 6-8 px patterns of things
     low = _noise(rng, size, 3, 3)
     if stuff == "grass":
         blades = _noise(rng, size, max(2, size // 24), max(4, size // 2))
@@ -223,24 +251,30 @@ def texture(stuff: str, rng: np.random.Generator, size: int) -> np.ndarray:
     return image + rng.normal(0, 4, (size, size, 3)).astype(np.float32)
 
 
-def _paint(image: np.ndarray, mask: np.ndarray, colour: str, rng: np.random.Generator) -> None:
-    """Fill a mask with a named colour, with the lighting and noise a photo would add (hue stays put)."""
-    y, x = _grid(image.shape[0])
+def _paint(image: np.ndarray, mask: np.ndarray, thing: Thing, rng: np.random.Generator) -> None:
+    """Fill a mask with a thing's colour and its pattern in a light tint of it, with the lighting and noise a photo
+    would add (hue stays put)."""
+    size = image.shape[0]
+    y, x = _grid(size)
     direction = rng.normal(size=2)
-    ramp = (direction[0] * y[mask] + direction[1] * x[mask]) / (np.linalg.norm(direction) * image.shape[0])
+    ramp = (direction[0] * y[mask] + direction[1] * x[mask]) / (np.linalg.norm(direction) * size)
     shade = rng.uniform(0.9, 1.05) * (1.0 + 0.15 * ramp)
-    pixels = np.asarray(COLOURS[colour], np.float32) * shade[:, None]
+    phase = (float(rng.uniform(0, 8)), float(rng.uniform(0, 8)))
+    colour = np.asarray(COLOURS[thing.colour], np.float32)
+    tint = colour + 0.6 * (255.0 - colour)
+    light = pattern_mask(thing.pattern, thing.center, phase, size)[mask]
+    pixels = np.where(light[:, None], tint, colour) * shade[:, None]
     image[mask] = pixels + rng.normal(0, 5, pixels.shape).astype(np.float32)
 
 
 def _describe(thing: Thing, size: int, rng: np.random.Generator) -> str:
     words = thing.phrase
     if rng.random() < 0.3:
-        if thing.radius < 0.13 * size:
+        if thing.radius < 0.2 * size:
             words = f"{('small', 'tiny', 'little')[rng.integers(3)]} {words}"
-        elif thing.radius > 0.19 * size:
+        elif thing.radius > 0.26 * size:
             words = f"{('big', 'large')[rng.integers(2)]} {words}"
-    return indefinite(words)
+    return words
 
 
 def _join(names: list[str], rng: np.random.Generator) -> str:
@@ -294,13 +328,15 @@ def make_caption(stuff: str, objects: tuple[Thing, ...], size: int, rng: np.rand
 
 def make_scene(
     seed: int | np.random.Generator,
-    size: int = 96,
+    size: int = 64,
     split: str = "train",
     stuff: str | None = None,
     things: Sequence[str] | None = None,
     backdrop: float = 0.0,
+    max_things: int = MAX_THINGS,
 ) -> Scene:
-    """One scene from a seed: 1-4 distinct things of the split's vocabulary on one stuff, each left >= 40% visible.
+    """One scene from a seed: 1 to `max_things` distinct things of the split's vocabulary on one stuff, overlapping,
+    each left >= 40% visible.
 
     `stuff` and `things` pin what the scene holds (layout and caption still come from the seed); an object that
     finds no place leaving the others visible is dropped. With probability `backdrop` a second stuff fills the scene
@@ -313,16 +349,18 @@ def make_scene(
         raise UserError(f"backdrop probability must be in [0, 1], got {backdrop}")
     if not 32 <= size <= 1024:
         raise UserError(f"scene size must be 32-1024 px, got {size}")
+    if not 1 <= max_things <= MAX_THINGS:
+        raise UserError(f"things per scene must be 1-{MAX_THINGS}, got {max_things}")
     vocabulary = SPLITS[split]
     if stuff is not None and stuff not in STUFF:
         raise UserError(f"unknown stuff {stuff!r}; choose from {', '.join(STUFF)}")
-    if things is not None and (not 1 <= len(things) <= 4 or len(set(things)) < len(things)
+    if things is not None and (not 1 <= len(things) <= MAX_THINGS or len(set(things)) < len(things)
                                or not set(things) <= set(vocabulary)):
-        raise UserError(f"things must be 1-4 distinct phrases of the {split} vocabulary, got {list(things)}")
+        raise UserError(f"things must be 1-{MAX_THINGS} distinct phrases of the {split} vocabulary, got {list(things)}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     stuff = STUFF[rng.integers(len(STUFF))] if stuff is None else stuff
     if things is None:
-        things = [vocabulary[i] for i in rng.permutation(len(vocabulary))[: rng.integers(1, 5)]]
+        things = [vocabulary[i] for i in rng.permutation(len(vocabulary))[: rng.integers(1, max_things + 1)]]
     image = texture(stuff, rng, size)
     base = np.full((size, size), CLASSES.index(stuff), dtype=np.int64)
     far = None
@@ -335,27 +373,29 @@ def make_scene(
         image = np.where(above[..., None], texture(far, rng, size), image)
         base[above] = CLASSES.index(far)
     owner = np.full((size, size), -1, dtype=np.int64)
-    placed: list[tuple[str, str, tuple[float, float], float, float]] = []
+    placed: list[Thing] = []
     masks: list[np.ndarray] = []
     for phrase in things:
-        colour, shape = phrase.split(" ")
+        colour, pattern = phrase.split(" ")
         for _ in range(12):
-            radius = size * rng.uniform(0.09, 0.24)
+            radius = size * rng.uniform(*THING_RADIUS)
             center = (float(rng.uniform(0.6 * radius, size - 0.6 * radius)),
                       float(rng.uniform(0.6 * radius, size - 0.6 * radius)))
-            angle = float(rng.uniform(-0.35, 0.35))
-            mask = shape_mask(shape, center, radius, angle, size)
+            angle = float(rng.uniform(-np.pi, np.pi))
+            silhouette = SILHOUETTES[rng.integers(len(SILHOUETTES))]
+            wobble = (float(rng.uniform(0.1, 0.22)), float(rng.uniform(0, 2 * np.pi)))
+            mask = silhouette_mask(silhouette, center, radius, angle, size, wobble)
             trial = np.where(mask, len(masks), owner)
             visible = np.bincount(trial[trial >= 0], minlength=len(masks) + 1)
             if all(visible[i] >= 0.4 * m.sum() for i, m in enumerate(masks)):
                 owner = trial
-                placed.append((colour, shape, center, radius, angle))
+                placed.append(Thing(colour, pattern, silhouette, center, radius, angle, 0))
                 masks.append(mask)
                 break
-    for (colour, *_), mask in zip(placed, masks):
-        _paint(image, mask, colour, rng)
+    for thing, mask in zip(placed, masks):
+        _paint(image, mask, thing, rng)
     counts = np.bincount(owner[owner >= 0], minlength=len(masks))
-    objects = tuple(Thing(c, s, ctr, r, a, int(n)) for (c, s, ctr, r, a), n in zip(placed, counts))
+    objects = tuple(replace(thing, pixels=int(n)) for thing, n in zip(placed, counts))
     lookup = np.array([t.class_index for t in objects] + [-1], dtype=np.int64)
     label_map = np.where(owner >= 0, lookup[owner], base)
     pixels = np.clip(image + 0.5, 0, 255).astype(np.uint8)
@@ -377,7 +417,7 @@ def palette() -> list[int]:
     return colours.astype(np.uint8).flatten().tolist()
 
 
-def write_split(root: str | Path, n: int, seed: int, split: str = "train", size: int = 96, backdrop: float = 0.0) -> Path:
+def write_split(root: str | Path, n: int, seed: int, split: str = "train", size: int = 64, backdrop: float = 0.0) -> Path:
     """Write `n` scenes in a VOC-like layout, with `captions.jsonl` ({image, caption} per line) beside them.
 
     Images are lossless PNG. One split per folder: test captions name the held-out things, and a folder that

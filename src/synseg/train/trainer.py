@@ -176,9 +176,9 @@ class Trainer:
         named = len(flat)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             out = self.net(tokens, pairs_text, pairs_image, named)
-        absent = token_activations(out.logits[named:], self.model.backbone.patch_size)
+        maps = token_activations(out.logits, self.model.backbone.patch_size)
         return mccl_loss(out.foreground, out.background, text, image_index, self.config.loss,
-                         self.config.loss.pairwise_scale(self.step), absent)
+                         self.config.loss.pairwise_scale(self.step), maps[named:], maps[:named])
 
     # -- the loop ------------------------------------------------------------------------------------------------------
     def fit(self) -> SynSeg:
