@@ -52,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         print("The shipped model is synseg train's default recipe (docs/world.md: L1 alone, pooled from frozen CLIP tokens, "
               "with absent-category suppression), trained on captions of the synthetic world for 1,000 iterations; its "
-              "CLIP is the 7.9M-parameter world CLIP.", file=sys.stderr)
+              "CLIP is the 7.8M-parameter world CLIP.", file=sys.stderr)
     return 0

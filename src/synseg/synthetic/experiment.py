@@ -229,9 +229,9 @@ def _one_thread() -> None:
 
 
 def run_experiment(config: WorldConfig, out: Path, jobs: int = 1) -> dict:
-    """The table; with `jobs` > 1 the seeds run in that many processes of one thread each: a world run is bound by
-    Python's per-step overhead, not arithmetic, so two one-thread processes on two cores do twice the work of one
-    two-thread process."""
+    """The table; with `jobs` > 1 the seeds run in that many processes of one thread each: a world run's small
+    decoder steps are bound by per-operation overhead more than arithmetic, so on two cores two one-thread processes
+    get through more iterations than one two-thread process (docs/world.md)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = {**ROWS, **config.rows}
     unknown = [v for v in config.variants if v not in rows]
