@@ -59,20 +59,26 @@ class Slide(Protocol):
         crops = F.pad(crops, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
         return crops, boxes, size
 
+    @torch.inference_mode()
     def maps(self, predictor, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         backbone = predictor.backbone
         crops, boxes, size = self.prepared(image, backbone, lambda: self.windows(image, backbone))
         logits = predictor.logits(crops, text).float()
         if self.pamr:
             logits = pamr(crops, logits)
-        (t0, b0, l0, r0) = boxes[0]
-        top, left = (logits.shape[-2] - (b0 - t0)) // 2, (logits.shape[-1] - (r0 - l0)) // 2
-        total = logits.new_zeros(logits.shape[1], *size)
-        count = logits.new_zeros(1, *size)
-        for window, (t, b, l, r) in zip(logits, boxes):
-            total[:, t:b, l:r] += window[:, top: top + b - t, left: left + r - l]
-            count[:, t:b, l:r] += 1
-        averaged = total.div_(count)[None]
+        averaged = average_windows(logits, boxes, size)[None]
         full = F.interpolate(averaged, size=image.shape[-2:], mode="bilinear", align_corners=False)
         return predictor.activate(full)[0]
 
+
+
+def average_windows(windows: torch.Tensor, boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
+    """[N, K, h, w] window maps (centred in any padding) -> [K, H, W]: each placed at its box, overlaps averaged."""
+    top, bottom, left, right = boxes[0]
+    pad_top, pad_left = (windows.shape[-2] - (bottom - top)) // 2, (windows.shape[-1] - (right - left)) // 2
+    total = windows.new_zeros(windows.shape[1], *size)
+    count = windows.new_zeros(1, *size)
+    for window, (t, b, l, r) in zip(windows, boxes):
+        total[:, t:b, l:r] += window[:, pad_top: pad_top + b - t, pad_left: pad_left + r - l]
+        count[:, t:b, l:r] += 1
+    return total.div_(count)

@@ -46,6 +46,7 @@ class Views(Protocol):
         self.views, self.pamr = views, pamr
         self.name = "synseg" if views == 5 else "whole"
 
+    @torch.inference_mode()
     def maps(self, predictor, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         backbone = predictor.backbone
         height, width = image.shape[-2:]
