@@ -97,9 +97,10 @@ class Segmenter:
     def activations(self, image: Image.Image | torch.Tensor, labels: list[Label], views: int = 5,
                     protocol: EvalProtocol | None = None) -> torch.Tensor:
         """[K, H, W] activation maps at the image's own resolution; a label with several names gets their maximum."""
-        if views not in (1, 5):
-            raise UserError(f"views must be 1 or 5, got {views}")
-        protocol = protocol or Views(views)
+        if protocol is None:
+            if views not in (1, 5):
+                raise UserError(f"views must be 1 or 5, got {views}")
+            protocol = Views(views)
         pixels = image if isinstance(image, torch.Tensor) else image_tensor(image)
         names = [label_names(label) for label in labels]
         flat = [name for group in names for name in group]

@@ -27,6 +27,10 @@ class Protocol(ABC):
     def maps(self, predictor, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """[K, H, W] probabilities of the K embedded labels at the image's own resolution."""
 
+    @abstractmethod
+    def view_count(self, height: int, width: int) -> int:
+        """How many views (or windows) the method runs on for an image of this size."""
+
     def describe(self) -> str:
         return self.name + (" + PAMR" if self.pamr else "")
 

@@ -45,6 +45,9 @@ class Slide(Protocol):
     def describe(self) -> str:
         return f"{super().describe()} ({self.short}/{self.window}/{self.stride})"
 
+    def view_count(self, height: int, width: int) -> int:
+        return len(window_boxes(*resized_size(height, width, self.short), self.window, self.stride))
+
     def windows(self, image: torch.Tensor, backbone) -> tuple[torch.Tensor, list, tuple[int, int]]:
         """Normalised windows [N, 3, w, w] (padded to the patch size), their boxes and the resized image's size."""
         size = resized_size(*image.shape[-2:], self.short)

@@ -46,11 +46,14 @@ class Views(Protocol):
         self.views, self.pamr = views, pamr
         self.name = "synseg" if views == 5 else "whole"
 
+    def view_count(self, height: int, width: int) -> int:
+        return 1 if min(height, width) < 2 else self.views
+
     @torch.inference_mode()
     def maps(self, predictor, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         backbone = predictor.backbone
         height, width = image.shape[-2:]
-        views = 1 if self.views == 5 and min(height, width) < 2 else self.views
+        views = self.view_count(height, width)
         pixels = self.prepared(image, backbone,
                                lambda: backbone.normalize(make_views(image, backbone.image_size, views).to(backbone.device)))
         maps = predictor.activation_maps(pixels, text).float()
