@@ -279,7 +279,6 @@ class Clocked:
         self.method = method
         self.backbone: ClipBackbone = method.predictor.backbone
         self.background_threshold = getattr(method.predictor, "background_threshold", 0.5)
-        self.templates = getattr(method.predictor, "templates", None)
         self.seconds: list[float] = []
 
     def _timed(self, fn, *args):

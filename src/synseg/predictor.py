@@ -11,7 +11,7 @@ from PIL import Image
 from synseg.errors import UserError
 from synseg.eval.protocols import Protocol as EvalProtocol
 from synseg.eval.protocols.views import Views, make_views, quadrant_boxes, stitch_views  # noqa: F401 (public here)
-from synseg.io import to_rgb
+from synseg.io import image_tensor
 from synseg.models.backbone import ClipBackbone
 from synseg.models.synseg import DEFAULT_TEMPLATES
 
@@ -60,11 +60,6 @@ def _strip(label: Label) -> Label:
 
 def label_names(label: Label) -> tuple[str, ...]:
     return (label,) if isinstance(label, str) else tuple(label)
-
-
-def image_tensor(image: Image.Image) -> torch.Tensor:
-    """[3, H, W] float in [0, 1]; give the same tensor to several Segmenters to share their views (and CLIP's forward)."""
-    return torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1).float().div_(255)
 
 
 def best_label(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

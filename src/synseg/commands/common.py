@@ -62,7 +62,7 @@ def add_method_arguments(parser: argparse.ArgumentParser, several: bool = False)
                              "CLIP weights; :PRESET picks one of a method's published defaults, e.g. sclip:voc")
     parser.add_argument("--protocol", default=None, metavar="NAME" + (",..." if several else ""),
                         help=f"{', '.join(PROTOCOL_NAMES)} or slide:SHORT/WINDOW/STRIDE (default synseg: 5 views at the "
-                             "backbone's size; see docs/protocols.md)")
+                             "backbone's size; see docs/training-free.md)")
     parser.add_argument("--pamr", action="store_true", help="refine each view's or window's maps with PAMR, as TCL does")
 
 

@@ -15,8 +15,7 @@ from synseg.data.benchmarks import BENCHMARKS, Benchmark, Sample
 from synseg.data.benchmarks.base import read_index_png
 from synseg.errors import UserError
 from synseg.eval.metric import ConfusionMatrix, check_indices
-from synseg.io import load_image
-from synseg.predictor import image_tensor
+from synseg.io import image_tensor, load_image
 
 Predict = Callable[[Sample, tuple[int, int]], np.ndarray]
 
