@@ -10,7 +10,7 @@ from PIL import Image
 
 from synseg.errors import UserError
 from synseg.eval.protocols import Protocol as EvalProtocol
-from synseg.eval.protocols.views import Views, make_views, quadrant_boxes, stitch_views  # noqa: F401 (public here)
+from synseg.eval.protocols.views import Views
 from synseg.io import image_tensor
 from synseg.models.backbone import ClipBackbone
 from synseg.models.synseg import DEFAULT_TEMPLATES
@@ -124,12 +124,10 @@ class Segmenter:
         asked = [tuple(background_names)] + labels if background_names else labels
         maps = self.activations(image, asked, views, protocol)
         best, index = best_label(maps)
+        if background:
+            threshold = self.predictor.background_threshold if threshold is None else threshold
+            index = torch.where(best < threshold, 0, index if background_names else index + 1)
         if background_names:
             maps = maps[1:]
-            threshold = self.predictor.background_threshold if threshold is None else threshold
-            index = torch.where(best < threshold, 0, index)
-        elif background:
-            threshold = self.predictor.background_threshold if threshold is None else threshold
-            index = torch.where(best < threshold, 0, index + 1)
         names = [label_names(label)[0] for label in labels]
         return Segmentation(index.cpu().numpy().astype(np.int64), maps.cpu().numpy(), names, background)
