@@ -6,12 +6,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from synseg.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -26,6 +29,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """[3, H, W] float32 torch tensor in [0, 1]; one tensor given to several Segmenters lets them share their views
+    (and, for methods on one backbone, CLIP's forward)."""
+    import torch
+
+    return torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1).float().div_(255)
 
 
 def check_image(path: str | os.PathLike) -> Path:

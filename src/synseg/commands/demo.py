@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from synseg.config import write_json
     from synseg.data.benchmarks import get_benchmark
     from synseg.eval.evaluator import evaluate, segmenter_predict
-    from synseg.eval.maskclip import MaskCLIP
+    from synseg.eval.methods.maskclip import MaskCLIP
     from synseg.io import ensure_writable_dir
     from synseg.predictor import Segmenter
     from synseg.synthetic.experiment import SHIPPED_CLIP, SHIPPED_DEMO, WorldConfig, chance_iou, summarise, table

@@ -8,7 +8,7 @@ import sys
 
 from tqdm import tqdm
 
-from synseg.commands.common import add_model_arguments, build_predictors
+from synseg.commands.common import add_method_arguments, add_model_arguments, build_predictors, protocols_from
 from synseg.errors import UserError
 from synseg.io import atomic_path, check_image, ensure_writable_dir, load_image
 from synseg.predictor import Segmenter, parse_labels
@@ -20,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, help='comma-separated words, e.g. "cat, sofa, rug"')
     parser.add_argument("--out", required=True, help="output folder")
     add_model_arguments(parser)
-    parser.add_argument("--method", choices=("synseg", "maskclip"), default="synseg",
-                        help="synseg (needs --checkpoint for meaningful masks) or the training-free MaskCLIP baseline")
-    parser.add_argument("--views", type=int, choices=(1, 5), default=5, help="5 = whole image + 4 quadrants (default)")
+    add_method_arguments(parser)
+    parser.add_argument("--views", type=int, choices=(1, 5), default=5,
+                        help="views of the synseg protocol: 5 = whole image + 4 quadrants (default)")
     parser.add_argument("--threshold", type=float, help="background threshold on the best activation (with --background)")
     parser.add_argument("--background", action="store_true", help="add a background class for weak activations")
 
@@ -41,11 +41,13 @@ def run(args: argparse.Namespace) -> int:
     if clashing:
         raise UserError(f"several images are named {clashing[0]}; their outputs would overwrite each other")
     out = ensure_writable_dir(args.out)
-    segmenter = Segmenter(build_predictors(args, [args.method])[args.method])
+    (protocol,) = protocols_from(args)
+    (predictor,) = build_predictors(args, [args.method]).values()
+    segmenter = Segmenter(predictor)
     names = (["background"] if args.background else []) + labels
     for path in tqdm(paths, desc="segment", unit="img", disable=len(paths) < 2, file=sys.stderr):
         image = load_image(path)
-        result = segmenter.segment(image, labels, views=args.views, threshold=args.threshold, background=args.background)
+        result = segmenter.segment(image, labels, threshold=args.threshold, background=args.background, protocol=protocol)
         for label, activation in zip(labels, result.activations):
             with atomic_path(out / f"{path.stem}.heat.{safe_name(label)}.png") as tmp:
                 heat_map(activation).save(tmp, format="PNG")
