@@ -28,6 +28,7 @@ from synseg.config import from_dict, merged, write_json
 from synseg.data.benchmarks import get_benchmark
 from synseg.errors import UserError
 from synseg.eval.evaluator import evaluate
+from synseg.eval.methods import TRAINING_FREE, training_free_methods
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
 from synseg.synthetic.world import CLASSES, SEEN_THINGS, STUFF, UNSEEN_THINGS, write_split
 from synseg.train.config import RECIPES, TrainConfig
@@ -50,7 +51,7 @@ ROWS: dict[str, dict] = {
     "w/o L3": {"loss": {**FOUR_TERMS, "inter_background": 0.0}},
     "w/o L4": {"loss": {**FOUR_TERMS, "inter_foreground": 0.0}},
     "L1 only (synseg train's default recipe)": {"loss": L2_L4_OFF},
-    "MaskCLIP (training-free)": {"method": "maskclip"},
+    **{f"{TRAINING_FREE[name][0].title} (training-free)": {"method": name} for name in training_free_methods()},
     "Supervised decoder (upper bound)": {"supervised": True},
     "Chance (uniform random labels)": {"chance": True},
 }
