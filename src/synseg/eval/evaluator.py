@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from synseg.data.benchmarks import BENCHMARKS, Benchmark, Sample
 from synseg.data.benchmarks.base import read_index_png
+from synseg.distributed import current, sum_over_ranks
 from synseg.errors import UserError
 from synseg.eval.metric import ConfusionMatrix, check_indices
 from synseg.io import load_image
@@ -55,12 +56,18 @@ def split(benchmark: Benchmark, limit: int | None = None) -> list[Sample]:
 
 def evaluate(benchmark: Benchmark, predict: Predict, method: str, limit: int | None = None,
              progress: bool = True) -> EvalResult:
-    """Stream the split through `predict` (sample, label height/width -> label map) and score it."""
+    """Stream the split through `predict` (sample, label height/width -> label map) and score it.
+
+    Under torchrun each process scores every world-th image and the integer confusion matrices are summed over the
+    processes, so the result equals one process's exactly; the bar shows the first process's share.
+    """
     samples = split(benchmark, limit)
+    ranks = current()
     matrix = ConfusionMatrix(benchmark.num_classes(), benchmark.ignore_index)
+    mine = samples[ranks.rank :: ranks.world]
     # The bar is closed (its line ended) before any error message is printed below it.
-    with tqdm(total=len(samples), desc=f"{benchmark.title} [{method}]", unit="img", disable=not progress) as bar:
-        for sample in samples:
+    with tqdm(total=len(mine), desc=f"{benchmark.title} [{method}]", unit="img", disable=not progress or not ranks.main) as bar:
+        for sample in mine:
             truth = benchmark.read_label(sample.label_path)
             prediction = predict(sample, truth.shape)
             try:
@@ -68,6 +75,7 @@ def evaluate(benchmark: Benchmark, predict: Predict, method: str, limit: int | N
             except ValueError as error:
                 raise UserError(f"{benchmark.name} image {sample.stem} ({sample.label_path}): {error}") from None
             bar.update()
+    matrix.matrix = sum_over_ranks(matrix.matrix)
     iou = matrix.iou()
     return EvalResult(method, benchmark.name, benchmark.title, benchmark.class_names(), len(samples),
                       tuple(float(v) for v in iou), matrix.miou(), matrix.pixel_accuracy())
