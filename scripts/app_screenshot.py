@@ -1,6 +1,7 @@
 """Drive `synseg app` in a real headless browser: load the page, generate a scene, segment it, save a screenshot.
 
     python scripts/app_screenshot.py --out app.png [--browser /usr/bin/chromium] [-- extra `synseg app` arguments]
+    python scripts/app_screenshot.py --out app.png --url http://127.0.0.1:7860   # a page already running
 
 Needs playwright (pip install 'synseg[browser]') and a Chromium: Debian's (apt install chromium) is used as it is, so
 nothing is downloaded. Exits non-zero if the page does not show an overlay within the timeout.
@@ -40,15 +41,21 @@ def main() -> int:
     parser.add_argument("--out", default="app.png", help="screenshot file (default app.png)")
     parser.add_argument("--browser", default="/usr/bin/chromium", help="Chromium executable (default: Debian's)")
     parser.add_argument("--timeout", type=float, default=180, help="seconds for the server and the segmentation")
+    parser.add_argument("--url", help="use the page already served there instead of starting `synseg app`")
     parser.add_argument("app_args", nargs="*", help="arguments passed to `synseg app` (after --)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "synseg.cli", "app", "--port", str(port), *args.app_args])
+    server = None
+    if args.url:
+        url = args.url
+    else:
+        url = f"http://127.0.0.1:{free_port()}"
+        server = subprocess.Popen([sys.executable, "-m", "synseg.cli", "app", "--port", url.rsplit(":", 1)[1],
+                                   *args.app_args])
     try:
-        wait_for(url, server, args.timeout)
+        if server is not None:
+            wait_for(url, server, args.timeout)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=args.browser, headless=True)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -59,16 +66,19 @@ def main() -> int:
                 page.locator(".gallery-item, [data-testid='examples'] button, table.gr-samples-table tr").first.click()
             page.wait_for_timeout(1000)
             page.get_by_role("button", name="segment", exact=True).click()
-            page.locator("img[alt*='overlay'], [data-testid='image'] img").last.wait_for(timeout=args.timeout * 1000)
-            page.get_by_text("heat maps").first.wait_for(timeout=args.timeout * 1000)
-            page.wait_for_function("() => document.querySelectorAll('img').length >= 3", timeout=args.timeout * 1000)
-            page.wait_for_timeout(1500)
+            # The download list shows the label map's name once the segmentation has come back.
+            page.get_by_text("label_map.png").first.wait_for(timeout=args.timeout * 1000)
+            page.wait_for_timeout(2000)  # images finish loading
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=args.out, full_page=True)
             browser.close()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
     print(f"wrote {args.out}")
     return 0
 
