@@ -59,7 +59,9 @@ def main() -> int:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=args.browser, headless=True)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(args.timeout * 1000)
             page.goto(url)
+            page.get_by_role("button", name="segment", exact=True).wait_for()  # the page has rendered
             if page.get_by_role("button", name="new generated scene").count():
                 page.get_by_role("button", name="new generated scene").click()
             else:  # a real checkpoint: the example photo
@@ -67,7 +69,7 @@ def main() -> int:
             page.wait_for_timeout(1000)
             page.get_by_role("button", name="segment", exact=True).click()
             # The download list shows the label map's name once the segmentation has come back.
-            page.get_by_text("label_map.png").first.wait_for(timeout=args.timeout * 1000)
+            page.get_by_text("label_map.png").first.wait_for()
             page.wait_for_timeout(2000)  # images finish loading
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=args.out, full_page=True)
