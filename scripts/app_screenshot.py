@@ -66,7 +66,7 @@ def main() -> int:
                 page.get_by_role("button", name="new generated scene").click()
             else:  # a real checkpoint: the example photo
                 page.locator(".gallery-item, [data-testid='examples'] button, table.gr-samples-table tr").first.click()
-            page.wait_for_timeout(1000)
+            page.wait_for_function("() => document.querySelectorAll('img').length > 0")  # the image is in
             page.get_by_role("button", name="segment", exact=True).click()
             # The download list shows the label map's name once the segmentation has come back.
             page.get_by_text("label_map.png").first.wait_for()
