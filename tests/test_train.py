@@ -56,6 +56,8 @@ def test_loss_falls_and_segment_loads_the_result(captions, tmp_path):
     assert {"intra_align", "intra_separate", "inter_background", "inter_foreground", "lr", "samples_per_s"} <= set(log[0])
     first, last = sum(r["total"] for r in log[:4]) / 4, sum(r["total"] for r in log[-4:]) / 4
     assert last < 0.8 * first, (first, last)
+    card = (out / "final" / "README.md").read_text()
+    assert "library_name: synseg" in card and "`synseg-tiny`" in card and f"`{data}`: 24 iterations" in card
     image = sorted((data / "images").glob("*.jpg"))[0]
     result = subprocess.run([sys.executable, "-m", "synseg.cli", "segment", str(image), "--labels", "person, table",
                              "--checkpoint", str(out / "final"), "--out", str(tmp_path / "masks"), "--views", "1"],

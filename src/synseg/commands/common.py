@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -13,15 +14,19 @@ from synseg.models.synseg import SynSeg
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--checkpoint", help="a trained synseg checkpoint folder (or its model.safetensors)")
+    group.add_argument("--checkpoint", help="a trained synseg checkpoint: its folder (or model.safetensors), or a "
+                       "Hugging Face hub id org/name[@revision]")
     group.add_argument("--backbone", help="open_clip model name or architecture .json (default: the checkpoint's, else ViT-B-16)")
     group.add_argument("--pretrained", help="open_clip pretrained tag, a local CLIP weights file, or 'none' for random weights")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto`: the GPU (under torchrun, this process's cuda:LOCAL_RANK), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -59,20 +59,13 @@ def load_train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     from synseg.train.trainer import LAST, Trainer
 
     config = load_train_config(args)
     out = Path(args.out)
     if (out / LAST).exists() and not args.resume:
         raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    device = args.device
-    if device == "auto" and "LOCAL_RANK" in os.environ:
-        import torch
-
-        device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
-    trainer = Trainer(config, args.data, args.phrases, out, resolve_device(device), cache=args.cache)
+    trainer = Trainer(config, args.data, args.phrases, out, resolve_device(args.device), cache=args.cache)
     if args.resume:
         trainer.resume()
     trainer.fit()

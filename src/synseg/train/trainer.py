@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from synseg.card import model_card
 from synseg.checkpoint import load_weights, save_model, write_checkpoint_files
 from synseg.config import from_dict, read_json, to_dict, write_json
+from synseg.distributed import Distributed, init_distributed
 from synseg.data.datasets import CaptionPhraseDataset, DataConfig, PhraseLoader
 from synseg.errors import UserError
 from synseg.io import staged_dir
@@ -28,26 +28,6 @@ from synseg.train.cache import FeatureCache
 from synseg.train.config import TrainConfig
 
 LAST, FINAL, STATE = "last", "final", "train_state.pt"
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Distributed:
-    """torchrun sets WORLD_SIZE/RANK: join the group (NCCL on GPUs, gloo on CPU); a plain run is world 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Distributed()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size())
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -89,6 +69,7 @@ class Trainer:
         self, config: TrainConfig, data: str, phrases: str, out: str | Path, device: torch.device, cache: str | Path | None = None
     ) -> None:
         self.config = config
+        self.source = data
         self.out = Path(out)
         self.device = device
         self.dist = init_distributed(device)
@@ -214,7 +195,8 @@ class Trainer:
                 self.save(LAST)
         bar.close()
         if self.dist.main:
-            save_model(self.model, self.out / FINAL)
+            trained = sum(p.numel() for p in self.model.trainable_state_dict().values())
+            save_model(self.model, self.out / FINAL, model_card(self.out.name, config, self.source, trained))
         if self.dist.world > 1:
             dist.barrier()
         return self.model
