@@ -28,12 +28,12 @@ def client():
 
 
 def test_page_offers_synseg_and_the_training_free_methods(client):
-    from synseg.commands.eval import METHODS
+    from synseg.eval.methods import TRAINING_FREE
 
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/segment", "/scene"} <= set(api)
     choices = api["/segment"]["parameters"][2]["type"]["enum"]
-    assert choices == ["SynSeg"] + [f"{title} (training-free)" for name, title in METHODS.items() if name != "synseg"]
+    assert choices == ["SynSeg"] + [f"{method.title} (training-free)" for method, _ in TRAINING_FREE.values()]
 
 
 def test_generated_scene_segments_with_legend_heat_maps_and_label_map(client, tmp_path):
