@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections import Counter
@@ -14,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from synseg.errors import UserError
-from synseg.io import to_rgb
+from synseg.io import open_image, to_rgb
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -37,17 +36,11 @@ def decode_image(data: bytes | Path, draft: int | None = None) -> Image.Image:
     `draft` lets JPEG decode at the smallest DCT scale that still leaves both sides >= draft pixels, which is several
     times faster for training images that are resized to 224 anyway.
     """
-    try:
-        with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as image:
-            if draft:
-                image.draft("RGB", (draft, draft))
-            image.load()
-            return to_rgb(image)
-    except FileNotFoundError:
-        raise UserError(f"image not found: {data}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        name = data if isinstance(data, Path) else f"{len(data)} bytes"
-        raise UserError(f"not a readable image: {name} ({error.__class__.__name__})") from None
+    with open_image(data, data if isinstance(data, Path) else f"of {len(data)} bytes") as image:
+        if draft:
+            image.draft("RGB", (draft, draft))
+        image.load()
+        return to_rgb(image)
 
 
 @dataclass(frozen=True)

@@ -400,7 +400,10 @@ def write_phrases(
                 "heads": [phrase.head for phrase in phrases],
             }
             lines.write(json.dumps(line, ensure_ascii=False) + "\n")
+        summary.dropped.update(source.stats)
+        if not summary.kept:  # raised inside the block: no empty file is left to look like a result
+            reasons = "; ".join(f"{reason}: {count}" for reason, count in summary.dropped.most_common()) or "none read"
+            raise UserError(f"no sample of {source.spec} gave a noun phrase, nothing written ({reasons})")
     summary.seconds = time.perf_counter() - start
-    summary.dropped.update(source.stats)
     summary.excluded = extractor.excluded - excluded_before
     return summary
