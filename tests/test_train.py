@@ -63,31 +63,60 @@ def test_loss_falls_and_segment_loads_the_result(captions, tmp_path):
     assert (tmp_path / "masks" / f"{image.stem}.png").is_file()
 
 
+def kill_when_logged(command: list[str], run: Path, steps: int) -> None:
+    """Start a run in a process group of its own and SIGKILL the whole group (launcher, ranks and their data loader
+    workers) once it has logged `steps` steps past a checkpoint."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while not (run / "last" / "train_state.pt").exists() or _logged_steps(run) < steps:
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run / "final").exists()
+
+
+def assert_same_final_weights(a: Path, b: Path) -> None:
+    a, b = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 def test_killed_run_resumes_to_the_same_weights(captions, tmp_path):
+    """With a data loader worker process: starting it must not draw from the RNG the checkpoint restores."""
     data, phrases = captions
-    config = config_file(tmp_path, iterations=10, checkpoint_every=2)
+    config = config_file(tmp_path, iterations=10, checkpoint_every=2, workers=1)
     straight = tmp_path / "straight"
     subprocess.run(train_command(data, phrases, straight, config), check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(train_command(data, phrases, killed, config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "last" / "train_state.pt").exists() or _logged_steps(killed) < 5:
-        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "final").exists()
+    kill_when_logged(train_command(data, phrases, killed, config), killed, 5)
     again = subprocess.run(train_command(data, phrases, killed, config), capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr  # never silently restarts over a run
     subprocess.run(train_command(data, phrases, killed, config, "--resume"), check=True, capture_output=True)
 
-    a, b = load_file(str(straight / "final" / "model.safetensors")), load_file(str(killed / "final" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    assert_same_final_weights(straight, killed)
     steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))
+
+
+def test_two_killed_gloo_ranks_resume_to_the_same_weights(captions, tmp_path):
+    """torchrun, 2 CPU ranks with a loader worker each: every rank's dropout RNG is saved and restored."""
+    data, phrases = captions
+    config = config_file(tmp_path, iterations=8, checkpoint_every=2, workers=1)
+
+    def torchrun(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "synseg.train", *train_command(data, phrases, out, config, "--device", "cpu", *extra)[4:]]
+
+    straight = tmp_path / "straight"
+    subprocess.run(torchrun(straight), check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    killed = tmp_path / "killed"
+    kill_when_logged(torchrun(killed), killed, 3)
+    subprocess.run(torchrun(killed, "--resume"), check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert_same_final_weights(straight, killed)
 
 
 def _logged_steps(run: Path) -> int:
