@@ -152,3 +152,29 @@ def test_profile_names_the_operators_that_take_the_time_without_native_log_noise
     assert any("linear" in p["op"] or "mm" in p["op"] for p in profile)  # the encoder's and decoder's products
     assert "where synseg's time goes at 1 view and 3 classes" in out and profile[0]["op"] in out
     assert "profiler_st" not in err and "ERROR" not in err
+
+
+def test_the_profiled_call_counts_in_neither_latency_nor_model_time(monkeypatch, tiny_model):
+    import time
+
+    from synseg import bench
+
+    slow, synchronize = [], bench.synchronize
+
+    def slow_synchronize(device):  # the predictor's own clock stops after this: it inflates the profiled call only
+        if slow:
+            time.sleep(0.5)
+        synchronize(device)
+
+    def fake_profile(call, device, top=8):
+        slow.append(True)
+        call()
+        slow.clear()
+        return []
+
+    monkeypatch.setattr(bench, "synchronize", slow_synchronize)
+    monkeypatch.setattr(bench, "profile_call", fake_profile)
+    config = bench.BenchConfig(views=(1,), classes=(2,), methods=("synseg",), image_size=(32, 32), repeats=1, profile=True)
+    method = bench.build_methods(tiny_model, ("synseg",))[0]
+    row = bench.measure(method, bench.random_image(32, 32), 1, 2, config, 1.0)
+    assert row.model_ms <= row.latency_ms < 400

@@ -9,6 +9,7 @@ import torch
 from synseg.errors import UserError
 from synseg.models import BackboneConfig, SynSegConfig, build_synseg
 from synseg.models.synseg import SynSeg
+from synseg.predictor import PRECISIONS
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +18,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone", help="open_clip model name or architecture .json (default: the checkpoint's, else ViT-B-16)")
     group.add_argument("--pretrained", help="open_clip pretrained tag, a local CLIP weights file, or 'none' for random weights")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default) or bf16 autocast (GPUs with bf16; activation maps stay fp32)")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -6,11 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from synseg.commands.common import add_model_arguments, build_predictors
+from synseg.commands.common import add_model_arguments, add_precision_argument, build_predictors
 from synseg.data.benchmarks import BENCHMARKS, Benchmark, benchmark_class, get_benchmark
 from synseg.errors import UserError
 from synseg.eval.evaluator import EvalResult, PredictionFolder, evaluate, markdown_table, segmenter_predict, split
-from synseg.io import atomic_path, ensure_writable_dir
+from synseg.io import atomic_path, ensure_writable_file
 
 METHODS = {"synseg": "SynSeg", "maskclip": "MaskCLIP"}
 
@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score saved label maps instead of running a model: DIR/<image stem>.png holding class "
                              "indices in --list-classes order, 255 = no prediction (DIR/<benchmark>/ for several)")
     add_model_arguments(parser)
+    add_precision_argument(parser)
     parser.add_argument("--method", metavar="synseg|maskclip[,...]",
                         help="synseg (needs --checkpoint) and/or the training-free MaskCLIP baseline on the same "
                              "backbone (default: synseg)")
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     roots = roots_by_benchmark(args.root, names)
     benchmarks = {name: get_benchmark(name, roots[name]) for name in names}
     if args.json:
-        ensure_writable_dir(Path(args.json).resolve().parent)
+        ensure_writable_file(args.json)
     results: list[EvalResult] = []
     if args.predictions:
         folder = Path(args.predictions)
@@ -122,14 +123,14 @@ def run(args: argparse.Namespace) -> int:
         from synseg.predictor import Segmenter
 
         for method, predictor in build_predictors(args, methods).items():
-            segmenter = Segmenter(predictor)
+            segmenter = Segmenter(predictor, precision=args.precision)
             for benchmark in benchmarks.values():
                 predict = segmenter_predict(segmenter, benchmark, args.views or 5, args.threshold)
                 results.append(evaluate(benchmark, predict, METHODS[method], args.limit))
     table = markdown_table(results)
     print(table)
     if args.json:
-        settings = {key: getattr(args, key) for key in ("checkpoint", "predictions", "backbone", "pretrained", "threshold",
+        settings = {key: getattr(args, key) for key in ("checkpoint", "predictions", "backbone", "pretrained", "precision", "threshold",
                                                         "limit")}
         settings["views"] = None if args.predictions else args.views or 5
         settings["roots"] = {name: str(root) for name, root in roots.items()}
