@@ -234,7 +234,7 @@ def test_maskclip_and_checkpoint_run_on_real_samples(real_data, tiny_model, tmp_
 
 def test_maskclip_is_the_value_path_of_the_last_block(tiny_model):
     """Independent route: open_clip's own last block with attention restricted to each token itself (diagonal mask)."""
-    from synseg.eval.maskclip import MaskCLIP
+    from synseg.eval.methods.maskclip import MaskCLIP
 
     maskclip = MaskCLIP(tiny_model.backbone)
     backbone, visual = tiny_model.backbone, tiny_model.backbone.clip.visual
@@ -278,3 +278,26 @@ def test_label_values_outside_the_benchmark_are_named(real_data, tmp_path, capsy
     assert code == 2
     assert re.search(r"ade image ADE_val_00000001 \(.*ADE_val_00000001.png\): ground truth has values outside 0..149 "
                      r"\(and 255\): 199", err.splitlines()[-1]), err
+
+
+def test_training_free_methods_under_two_protocols_print_one_table(real_data, tmp_path, capsys):
+    names = ["sky, wall, floor", *(f"{n}, people" if n == "person" else n for n in BENCHMARKS["voc"].class_names()[1:])]
+    (tmp_path / "voc.txt").write_text("\n".join(names) + "\n")
+    code, out, _ = run_eval(capsys, "--benchmark", "voc", "--root", str(real_data), *TINY, "--limit", "1",
+                            "--method", "maskclip,sclip,clearclip,naclip", "--protocol", "slide,synseg",
+                            "--class-names", f"voc={tmp_path / 'voc.txt'}", "--json", str(tmp_path / "r.json"))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "| Method | Protocol | VOC | Avg. |" and len(lines) == 10
+    rows = [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in lines[2:]]
+    assert rows == [(m, p) for m in ("MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP")
+                    for p in ("slide (336/224/112)", "synseg")]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["settings"]["protocols"] == ["slide (336/224/112)", "synseg"]
+    for result in report["results"]:
+        assert result["images"] == 1 and len(result["per_class_iou"]) == 21 and 0 <= result["miou"] <= 100
+
+    (tmp_path / "short.txt").write_text("cat\ndog\n")
+    code, _, err = run_eval(capsys, "--benchmark", "voc", "--root", str(real_data), *TINY, "--method", "sclip",
+                            "--class-names", str(tmp_path / "short.txt"))
+    assert code == 2 and "has 2 classes but voc has 20 (or 21 with background first)" in err

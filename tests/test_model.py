@@ -12,8 +12,9 @@ from PIL import Image
 
 from synseg.checkpoint import load_model, save_model
 from synseg.errors import UserError
+from synseg.eval.protocols.views import make_views, stitch_views
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
-from synseg.predictor import Segmenter, best_label, make_views, stitch_views
+from synseg.predictor import Segmenter, best_label
 
 
 @pytest.mark.parametrize(

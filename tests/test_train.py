@@ -49,7 +49,8 @@ def train_command(data: Path, phrases: Path, out: Path, config: Path, *extra: st
 def test_loss_falls_and_segment_loads_the_result(captions, tmp_path):
     data, phrases = captions
     out = tmp_path / "run"
-    subprocess.run(train_command(data, phrases, out, config_file(tmp_path, iterations=24)), check=True, capture_output=True)
+    config = config_file(tmp_path, iterations=24)
+    subprocess.run(train_command(data, phrases, out, config, "--recipe", "paper"), check=True, capture_output=True)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 25))
     assert {"intra_align", "intra_separate", "inter_background", "inter_foreground", "lr", "samples_per_s"} <= set(log[0])
@@ -61,6 +62,19 @@ def test_loss_falls_and_segment_loads_the_result(captions, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "masks" / f"{image.stem}.png").is_file()
+
+
+def test_recipes_lie_under_a_config_file() -> None:
+    from synseg.errors import UserError
+    from synseg.train.config import TrainConfig, recipe_config
+
+    measured = recipe_config("measured", {"loss": {"intra_separate": 0.5}, "iterations": 7})
+    assert (measured.loss.intra_align, measured.loss.intra_separate, measured.loss.inter_foreground) == (1.0, 0.5, 0.0)
+    assert measured.loss.absent_suppress == 1.0 and measured.iterations == 7
+    assert (measured.model.pool_source, measured.model.pool_divisor) == ("backbone", "tokens")
+    assert recipe_config("paper") == TrainConfig()
+    with pytest.raises(UserError, match="unknown recipe"):
+        recipe_config("magic")
 
 
 def kill_when_logged(command: list[str], run: Path, steps: int) -> None:

@@ -29,17 +29,20 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from tqdm import tqdm
 
 from synseg.errors import UserError
+from synseg.eval.methods import build_training_free, training_free_methods
+from synseg.eval.protocols import build_protocol
 from synseg.models import fastpath
 from synseg.models.backbone import ClipBackbone
 from synseg.models.synseg import DEFAULT_TEMPLATES, SynSeg
 from synseg.predictor import PRECISIONS, Segmenter  # bf16: the bound uses the bf16 matmul rate
 
-METHODS = ("synseg", "clipseg", "maskclip")
+METHODS = ("synseg", "clipseg", *training_free_methods())
 
 
 @dataclass
 class BenchConfig:
     views: tuple[int, ...] = (1, 5)
+    protocols: tuple[str, ...] = ()  # further protocols timed for every method and class count (slide, slide-tcl, ...)
     classes: tuple[int, ...] = (1, 21, 150)
     methods: tuple[str, ...] = METHODS
     image_size: tuple[int, int] = (512, 512)  # height, width of the test image
@@ -78,6 +81,7 @@ class Row:
     model_ms: float  # median of the predictor's own part (encoder + decoder), without views, stitching and argmax
     gflops: float
     repeats: int
+    protocol: str = ""  # "synseg" (views 5), "whole" (views 1) or a --protocols entry (views = its windows)
     profile: list[dict] | None = None  # the operators that took the most time in one profiled call (BenchConfig.profile)
 
 
@@ -105,17 +109,19 @@ class Report:
     def bound_gflops(self) -> float:
         return self.machine.bf16_gflops if self.config.precision == "bf16" else self.machine.fp32_gflops
 
-    def row(self, method: str, views: int, classes: int) -> Row | None:
-        return next((r for r in self.rows if (r.method, r.views, r.classes) == (method, views, classes)), None)
+    def row(self, method: str, views: int, classes: int, protocol: str | None = None) -> Row | None:
+        protocol = protocol or view_protocol(views)
+        return next((r for r in self.rows if (r.method, r.views, r.classes, r.protocol) == (method, views, classes, protocol)),
+                    None)
 
     def ratios(self) -> list[dict]:
-        """Peer latency / SynSeg latency for each views and classes measured for both."""
+        """Peer latency / SynSeg latency for each protocol, views and classes measured for both."""
         out = []
         for ours in (r for r in self.rows if r.method == "synseg"):
             for peer in self.config.methods:
-                other = self.row(peer, ours.views, ours.classes) if peer != "synseg" else None
+                other = self.row(peer, ours.views, ours.classes, ours.protocol) if peer != "synseg" else None
                 if other is not None:
-                    out.append({"peer": peer, "views": ours.views, "classes": ours.classes,
+                    out.append({"peer": peer, "protocol": ours.protocol, "views": ours.views, "classes": ours.classes,
                                 "peer_over_synseg": other.latency_ms / ours.latency_ms})
         return out
 
@@ -124,7 +130,8 @@ class Report:
         out = []
         for method in self.methods:
             for views in self.config.views:
-                rows = sorted((r for r in self.rows if r.method == method.name and r.views == views), key=lambda r: r.classes)
+                rows = sorted((r for r in self.rows if r.method == method.name and r.views == views
+                               and r.protocol == view_protocol(views)), key=lambda r: r.classes)
                 if len(rows) < 2:
                     continue
                 low, high = rows[0], rows[-1]
@@ -148,6 +155,10 @@ class Report:
             "ratios": self.ratios(),
             "class_growth": self.class_growth(),
         }
+
+
+def view_protocol(views: int) -> str:
+    return "synseg" if views == 5 else "whole"
 
 
 def synchronize(device: torch.device) -> None:
@@ -269,14 +280,23 @@ class Clocked:
         self.background_threshold = getattr(method.predictor, "background_threshold", 0.5)
         self.seconds: list[float] = []
 
-    def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        device = pixels.device
+    def _timed(self, fn, *args):
+        device = args[0].device
         synchronize(device)
         start = time.perf_counter()
-        maps = self.method.predictor.activation_maps(pixels, text)
+        out = fn(*args)
         synchronize(device)
         self.seconds.append(time.perf_counter() - start)
-        return maps
+        return out
+
+    def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self._timed(self.method.predictor.activation_maps, pixels, text)
+
+    def logits(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self._timed(self.method.predictor.logits, pixels, text)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.method.predictor.activate(logits)
 
 
 class CLIPSegPeer(nn.Module):
@@ -333,16 +353,14 @@ def clipseg_dims(backbone: ClipBackbone) -> dict:
 
 def build_methods(model: SynSeg, names: tuple[str, ...]) -> list[Method]:
     """SynSeg and the peers on the same backbone, with parameter counts and FLOPs per view and per (view, class)."""
-    from synseg.eval.maskclip import MaskCLIP
-
     device = model.backbone.device
     methods = []
     for name in names:
         if name == "synseg":
             predictor, own = model, list(model.parameters())
             trainable = sum(p.numel() for p in own if p.requires_grad)
-        elif name == "maskclip":
-            predictor, trainable = MaskCLIP(model.backbone), 0
+        elif name in training_free_methods():
+            predictor, trainable = build_training_free(name, model.backbone), 0
             own = list(predictor.parameters())
         elif name == "clipseg":
             predictor = CLIPSegPeer(model.backbone).to(device)
@@ -363,16 +381,25 @@ def random_image(height: int, width: int) -> Image.Image:
 
 
 def measure(method: Method, image: Image.Image, views: int, classes: int, config: BenchConfig,
-            bound_gflops: float) -> Row:
-    """One warm-up call (which also measures peak memory), then up to `repeats` timed calls."""
+            bound_gflops: float, protocol: str | None = None) -> Row:
+    """One warm-up call (which also measures peak memory), then up to `repeats` timed calls. Under a --protocols entry
+    `views` is unused: the row's views are the protocol's windows and its FLOPs are counted on the call itself."""
     clocked = Clocked(method)
     device = clocked.backbone.device
     segmenter = Segmenter(clocked, templates=DEFAULT_TEMPLATES, precision=config.precision)
     labels = [f"class {index}" for index in range(classes)]
     clocked.backbone.embed_labels(labels, DEFAULT_TEMPLATES)  # cached: no method pays for text below
-    call = lambda: segmenter.segment(image, labels, views=views)  # noqa: E731
+    run = build_protocol(protocol) if protocol else None
+    call = lambda: segmenter.segment(image, labels, views=views, protocol=run)  # noqa: E731
     with peak_memory(device) as peak:
         call()
+    if run is None:
+        flops = method.flops(views, classes)
+    else:
+        views = run.view_count(image.height, image.width)
+        with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
+            call()
+        flops = float(counter.get_total_flops())
     clocked.seconds.clear()
     seconds: list[float] = []
     while len(seconds) < config.repeats and (not seconds or sum(seconds) < config.max_call_seconds):
@@ -380,12 +407,11 @@ def measure(method: Method, image: Image.Image, views: int, classes: int, config
     model_seconds = list(clocked.seconds)  # before the profiled call, whose time the profiler inflates
     profiled = profile_call(call, device) if config.profile and method.name == "synseg" else None
     latency = statistics.median(seconds)
-    flops = method.flops(views, classes)
     return Row(
         method=method.name, device=str(device), views=views, classes=classes,
         latency_ms=latency * 1e3, fps=1.0 / latency, peak_mem_mb=(method.weight_bytes + peak[0]) / 2**20,
         flop_bound_ms=flops / bound_gflops / 1e6, model_ms=statistics.median(model_seconds) * 1e3,
-        gflops=flops / 1e9, repeats=len(seconds), profile=profiled,
+        gflops=flops / 1e9, repeats=len(seconds), protocol=protocol or view_protocol(views), profile=profiled,
     )
 
 
@@ -446,20 +472,22 @@ def run_bench(model: SynSeg, config: BenchConfig, progress: bool = True) -> Repo
     machine = Machine(str(device), machine_name(device), torch.get_num_threads(), max(gemm.values()), bf16, gemm, load)
     report = Report(config, machine, build_methods(model, config.methods))
     image = random_image(*config.image_size)
-    grid = [(v, k) for v in sorted(config.views) for k in sorted(config.classes)]
+    grid = [(v, k, None) for v in sorted(config.views) for k in sorted(config.classes)]
+    grid += [(0, k, p) for p in config.protocols for k in sorted(config.classes)]
     achieved: dict[str, float] = {}  # FLOP/s each method reached on its last row: predicts the next row's time
     with tqdm(total=len(grid) * len(report.methods), desc="bench", unit="row", disable=not progress, file=sys.stderr) as bar:
-        for views, classes in grid:
+        for views, classes, protocol in grid:
             for method in report.methods:
-                flops = method.flops(views, classes)
-                predicted = flops / achieved[method.name] if method.name in achieved else 0.0
+                flops = method.flops(views, classes) if protocol is None else 0.0  # a protocol row counts its own
+                rate = achieved.get(method.name)
+                predicted = flops / rate if flops and rate else 0.0
                 if method.name != "synseg" and predicted > config.max_call_seconds:
                     report.skipped.append({"method": method.name, "views": views, "classes": classes,
                                            "predicted_s": round(predicted, 1)})
                 else:
-                    row = measure(method, image, views, classes, config, report.bound_gflops)
+                    row = measure(method, image, views, classes, config, report.bound_gflops, protocol)
                     report.rows.append(row)
-                    achieved[method.name] = flops / (row.latency_ms / 1e3)
+                    achieved[method.name] = row.gflops * 1e9 / (row.latency_ms / 1e3)
                 bar.update()
     machine.load_end = load_average()
     return report
@@ -482,24 +510,25 @@ def format_report(report: Report) -> str:
         *(["note: other processes kept this machine's cores busy: latencies include waiting for a core; re-run when "
            "it is idle"] if machine.load_start and machine.load_start[0] > (os.cpu_count() or 1) else []),
         "",
-        f"{'method':<9}{'params':>9}{'trainable':>11}{'GFLOP/view':>12}{'GFLOP/view/class':>18}",
+        f"{'method':<10}{'params':>9}{'trainable':>11}{'GFLOP/view':>12}{'GFLOP/view/class':>18}",
     ]
     for m in report.methods:
-        lines.append(f"{m.name:<9}{m.total_params / 1e6:>8.1f}M{m.trainable_params / 1e6:>10.2f}M"
+        lines.append(f"{m.name:<10}{m.total_params / 1e6:>8.1f}M{m.trainable_params / 1e6:>10.2f}M"
                      f"{m.flops_per_view / 1e9:>12.2f}{m.flops_per_pair / 1e9:>18.3f}")
-    lines += ["", f"{'method':<9}{'views':>6}{'classes':>8}{'latency ms':>12}{'model ms':>10}{'FPS':>8}{'peak MB':>9}"
+    lines += ["", f"{'method':<10}{'protocol':<20}{'views':>6}{'classes':>8}{'latency ms':>12}{'model ms':>10}{'FPS':>8}{'peak MB':>9}"
                   f"{'GFLOP':>8}{'bound ms':>10}{'x bound':>9}{'runs':>6}"]
-    for r in sorted(report.rows, key=lambda r: (config.methods.index(r.method), r.views, r.classes)):
-        lines.append(f"{r.method:<9}{r.views:>6}{r.classes:>8}{r.latency_ms:>12.1f}{r.model_ms:>10.1f}{r.fps:>8.2f}"
+    for r in sorted(report.rows, key=lambda r: (config.methods.index(r.method), r.protocol != view_protocol(r.views),
+                                                r.protocol, r.views, r.classes)):
+        lines.append(f"{r.method:<10}{r.protocol:<20}{r.views:>6}{r.classes:>8}{r.latency_ms:>12.1f}{r.model_ms:>10.1f}{r.fps:>8.2f}"
                      f"{r.peak_mem_mb:>9.0f}{r.gflops:>8.1f}{r.flop_bound_ms:>10.1f}"
                      f"{r.latency_ms / r.flop_bound_ms:>9.2f}{r.repeats:>6}")
     for s in report.skipped:
-        lines.append(f"{s['method']:<9}{s['views']:>6}{s['classes']:>8}  skipped: predicted {s['predicted_s']} s per "
+        lines.append(f"{s['method']:<10}{'':<20}{s['views']:>6}{s['classes']:>8}  skipped: predicted {s['predicted_s']} s per "
                      f"image > --max-call-seconds {config.max_call_seconds:g}")
     ratios = report.ratios()
     if ratios:
         lines += ["", "peer latency / synseg latency (same views, classes, resolution):"]
-        lines += [f"  {r['peer']:<9} views {r['views']} classes {r['classes']:>4}: {r['peer_over_synseg']:.2f}x"
+        lines += [f"  {r['peer']:<10} {r['protocol']:<20} views {r['views']} classes {r['classes']:>4}: {r['peer_over_synseg']:.2f}x"
                   for r in ratios]
     growth = [g for g in report.class_growth() if g["method"] == "synseg"]
     if growth:

@@ -7,12 +7,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from synseg.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -78,6 +81,15 @@ def open_image(source: str | os.PathLike | bytes, name: str | os.PathLike | None
             yield image
         except UNREADABLE as error:
             raise UserError(f"not a readable image: {name} ({error.__class__.__name__}: {str(error)[:80]})") from None
+
+
+def image_tensor(image: Image.Image, device: torch.device | str | None = None) -> torch.Tensor:
+    """[3, H, W] float32 torch tensor in [0, 1] on `device`; the 8-bit pixels travel there (4x fewer bytes than
+    float). One tensor given to several Segmenters lets them share their views (and, for methods on one backbone,
+    CLIP's forward)."""
+    import torch
+
+    return torch.from_numpy(np.array(to_rgb(image))).to(device).permute(2, 0, 1).float().div_(255)
 
 
 def check_image(path: str | os.PathLike) -> Path:

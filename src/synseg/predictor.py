@@ -6,20 +6,28 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from synseg.errors import UserError
-from synseg.io import to_rgb
+from synseg.eval.protocols import Protocol as EvalProtocol
+from synseg.eval.protocols.views import Views
+from synseg.io import image_tensor
 from synseg.models.backbone import ClipBackbone
 from synseg.models.synseg import DEFAULT_TEMPLATES
 
 
 class DensePredictor(Protocol):
-    """What Segmenter needs from a method: SynSeg and the MaskCLIP baseline both provide it."""
+    """What Segmenter needs from a method: SynSeg and the training-free methods (synseg.eval.methods) provide it.
+
+    `logits` are the scores a protocol may average across windows, `activate` turns them into probabilities, and
+    `activation_maps` is the two in one."""
 
     backbone: ClipBackbone
     background_threshold: float
+
+    def logits(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor: ...
 
     def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
 
@@ -40,10 +48,13 @@ class Segmentation:
         return self.maps.cpu().numpy()
 
 
-def parse_labels(text: str | list[str]) -> list[str]:
+Label = str | tuple[str, ...]  # a class's name, or its several names (its score is the best of theirs)
+
+
+def parse_labels(text: str | list[Label]) -> list[Label]:
     """Comma-separated or listed labels, stripped; empty and duplicate labels are user errors."""
-    labels = [label.strip() for label in (text.split(",") if isinstance(text, str) else text)]
-    if not labels or any(not label for label in labels):
+    labels = [_strip(label) for label in (text.split(",") if isinstance(text, str) else text)]
+    if not labels or any(not label or not all(label) for label in labels):
         raise UserError("labels must be a non-empty, comma-separated list with no empty entries")
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
@@ -51,40 +62,12 @@ def parse_labels(text: str | list[str]) -> list[str]:
     return labels
 
 
-def quadrant_boxes(height: int, width: int) -> list[tuple[int, int, int, int]]:
-    """(top, bottom, left, right) of the four non-overlapping quadrants: TL, TR, BL, BR."""
-    h, w = height // 2, width // 2
-    return [(0, h, 0, w), (0, h, w, width), (h, height, 0, w), (h, height, w, width)]
+def _strip(label: Label) -> Label:
+    return label.strip() if isinstance(label, str) else tuple(name.strip() for name in label)
 
 
-def make_views(image: torch.Tensor, size: int, views: int) -> torch.Tensor:
-    """[3, H, W] -> [V, 3, size, size]: the whole image, then (for 5 views) its four quadrants (METHOD.md 5)."""
-    crops = [image] + ([image[:, t:b, l:r] for t, b, l, r in quadrant_boxes(*image.shape[-2:])] if views == 5 else [])
-    return torch.cat([resize(crop[None], (size, size), "bicubic") for crop in crops]).clamp_(0, 1)
-
-
-def stitch_views(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[V, K, s, s] -> [K, H, W]: quadrant maps put back in place and averaged with the whole-image map.
-
-    The quadrants are added into the whole-image map in place: at 150 classes and 512x512 that spares two
-    [K, H, W] temporaries.
-    """
-    whole = resize(maps[:1], size, "bilinear")[0]
-    if maps.shape[0] == 1:
-        return whole
-    if whole.data_ptr() == maps.data_ptr():
-        whole = whole.clone()  # the map already had the image's size: do not write into the caller's tensor
-    for view, (t, b, l, r) in zip(maps[1:], quadrant_boxes(*size)):
-        whole[:, t:b, l:r] += resize(view[None], (b - t, r - l), "bilinear")[0]
-    return whole.mul_(0.5)
-
-
-def resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Antialiased when shrinking; when enlarging, antialiasing changes only rounding (~1e-6) but costs 1.5-3x the time."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    shrinks = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=mode != "nearest" and shrinks)
+def label_names(label: Label) -> tuple[str, ...]:
+    return (label,) if isinstance(label, str) else tuple(label)
 
 
 def best_label(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,13 +84,15 @@ def best_label(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Segmenter:
-    """Segment any image with any labels; label embeddings are cached, so a class list is embedded once."""
+    """Segment any image with any labels under any protocol; label embeddings are cached, so a class list is embedded
+    once. The default protocol is the paper's 5 views (`views=1`: the whole image alone)."""
 
     def __init__(self, predictor: DensePredictor, templates: tuple[str, ...] | None = None, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision}")
         self.predictor = predictor
-        self.templates = tuple(templates or getattr(getattr(predictor, "config", None), "templates", DEFAULT_TEMPLATES))
+        self.templates = tuple(templates or getattr(predictor, "templates", None)
+                               or getattr(getattr(predictor, "config", None), "templates", DEFAULT_TEMPLATES))
         self.precision = precision
 
     @property
@@ -115,35 +100,48 @@ class Segmenter:
         return self.predictor.backbone.device
 
     @torch.inference_mode()
-    def activations(self, image: Image.Image, labels: list[str], views: int = 5) -> torch.Tensor:
-        """[K, H, W] activation maps at the image's own resolution."""
-        if views not in (1, 5):
-            raise UserError(f"views must be 1 or 5, got {views}")
-        backbone = self.predictor.backbone
-        # the 8-bit image goes to the device, where the views are cut and resized (4x fewer bytes than float)
-        pixels = torch.from_numpy(np.array(to_rgb(image))).to(self.device).permute(2, 0, 1).float().div_(255)
-        height, width = pixels.shape[-2:]
-        if views == 5 and min(height, width) < 2:
-            views = 1
-        view_pixels = backbone.normalize(make_views(pixels, backbone.image_size, views))
-        text = backbone.embed_labels(labels, self.templates)
+    def activations(self, image: Image.Image | torch.Tensor, labels: list[Label], views: int = 5,
+                    protocol: EvalProtocol | None = None) -> torch.Tensor:
+        """[K, H, W] activation maps at the image's own resolution, on the model's device; a label with several names
+        gets their maximum. The 8-bit image goes to the device, where the protocol cuts and resizes its views."""
+        if protocol is None:
+            if views not in (1, 5):
+                raise UserError(f"views must be 1 or 5, got {views}")
+            protocol = Views(views)
+        pixels = image if isinstance(image, torch.Tensor) else image_tensor(image, self.device)
+        names = [label_names(label) for label in labels]
+        flat = [name for group in names for name in group]
+        text = self.predictor.backbone.embed_labels(flat, self.templates)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            maps = self.predictor.activation_maps(view_pixels, text)
-        return stitch_views(maps.float(), (height, width)).clamp_(0, 1)
+            maps = protocol.maps(self.predictor, pixels, text)
+        maps = maps.float()
+        if len(flat) == len(labels):
+            return maps.clamp_(0, 1)
+        ends = np.cumsum([len(group) for group in names]).tolist()
+        return torch.stack([maps[end - len(group): end].amax(dim=0) for end, group in zip(ends, names)]).clamp_(0, 1)
 
     def segment(
         self,
-        image: Image.Image,
-        labels: list[str],
+        image: Image.Image | torch.Tensor,
+        labels: list[Label],
         views: int = 5,
         threshold: float | None = None,
         background: bool = False,
+        protocol: EvalProtocol | None = None,
+        background_names: tuple[str, ...] = (),
     ) -> Segmentation:
-        """Per pixel the best label; with `background`, pixels whose best activation is below threshold get 0."""
+        """Per pixel the best label; with `background`, pixels whose best activation is below threshold get 0, and so
+        do those where `background_names` (a class of its own, as in SCLIP's class files) score best."""
         labels = parse_labels(labels)
-        maps = self.activations(image, labels, views)
+        if background_names and not background:
+            raise UserError("background names need background=True")
+        asked = [tuple(background_names)] + labels if background_names else labels
+        maps = self.activations(image, asked, views, protocol)
         best, index = best_label(maps)
         if background:
             threshold = self.predictor.background_threshold if threshold is None else threshold
-            index = torch.where(best < threshold, 0, index + 1)
-        return Segmentation(index.cpu().numpy(), maps, labels, background)
+            index = torch.where(best < threshold, 0, index if background_names else index + 1)
+        if background_names:
+            maps = maps[1:]
+        names = [label_names(label)[0] for label in labels]
+        return Segmentation(index.cpu().numpy(), maps, names, background)

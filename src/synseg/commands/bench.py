@@ -1,5 +1,5 @@
-"""`synseg bench`: parameters, latency, FPS and peak memory of SynSeg beside HF CLIPSeg and MaskCLIP, on this machine,
-with each latency set against the FLOP-bound latency at the machine's measured matmul rate."""
+"""`synseg bench`: parameters, latency, FPS and peak memory of SynSeg beside HF CLIPSeg and the training-free methods,
+per method and protocol, on this machine, each latency set against the FLOP-bound latency at its matmul rate."""
 from __future__ import annotations
 
 import argparse
@@ -12,12 +12,15 @@ import torch
 from synseg.bench import METHODS, BenchConfig, format_report, run_bench
 from synseg.commands.common import add_model_arguments, add_precision_argument, build_model
 from synseg.errors import UserError
+from synseg.eval.protocols import build_protocol
 from synseg.io import atomic_path, check_size, ensure_writable_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--views", default="1,5", help="comma-separated view counts, each 1 or 5 (default 1,5)")
+    parser.add_argument("--protocols", default="", metavar="NAME[,...]",
+                        help="further protocols to time for every method, e.g. slide,slide-tcl (default: none)")
     parser.add_argument("--classes", default="1,21,150", help="comma-separated numbers of classes (default 1,21,150)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"which of {', '.join(METHODS)} (default: all)")
     parser.add_argument("--image-size", default="512x512", metavar="WxH", help="test image size (default 512x512)")
@@ -41,6 +44,15 @@ def int_list(text: str, what: str, allowed: tuple[int, ...] | None = None) -> tu
     if bad:
         raise UserError(f"{what} {bad[0]} is not allowed" + (f" (choose from {allowed})" if allowed else " (must be >= 1)"))
     return values
+
+
+def protocol_names(text: str) -> tuple[str, ...]:
+    """Checked by building each once; the synseg and whole protocols are --views 5 and 1."""
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    for name in names:
+        if build_protocol(name).name in ("synseg", "whole"):
+            raise UserError(f"--protocols {name}: the synseg and whole protocols are --views 5 and --views 1")
+    return names
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -67,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     config = BenchConfig(
-        views=int_list(args.views, "--views", (1, 5)), classes=int_list(args.classes, "--classes"), methods=methods,
+        views=int_list(args.views, "--views", (1, 5)), protocols=protocol_names(args.protocols), classes=int_list(args.classes, "--classes"), methods=methods,
         image_size=parse_size(args.image_size), repeats=args.repeats, max_call_seconds=args.max_call_seconds,
         precision=args.precision, profile=args.profile,
     )

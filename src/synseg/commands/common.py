@@ -57,19 +57,49 @@ def build_model(args: argparse.Namespace, warn_untrained: bool = True) -> SynSeg
     return model.to(resolve_device(args.device)).eval()
 
 
-def build_predictors(args: argparse.Namespace, methods: list[str]) -> dict[str, object]:
-    """One dense predictor per method ("synseg", "maskclip"); MaskCLIP shares the SynSeg model's backbone when one is
-    built (a --checkpoint, or SynSeg asked for), else runs on --backbone/--pretrained alone."""
-    from synseg.eval.maskclip import MaskCLIP, build_maskclip
+def add_method_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """--method, --protocol and --pamr, the same for every command that runs a method."""
+    from synseg.eval.methods import method_names
+    from synseg.eval.protocols import PROTOCOL_NAMES
 
-    model = build_model(args) if args.checkpoint or "synseg" in methods else None
-    predictors: dict[str, object] = {}
-    for method in methods:
-        if method == "synseg":
-            predictors[method] = model
-        elif model is not None:
-            predictors[method] = MaskCLIP(model.backbone)
-        else:
+    names = ", ".join(method_names())
+    parser.add_argument("--method", default=None if several else "synseg", metavar="NAME[:PRESET]" + (",..." if several else ""),
+                        help=f"{names} (default synseg, which needs --checkpoint); the training-free methods need only "
+                             "CLIP weights; :PRESET picks one of a method's published defaults, e.g. sclip:voc")
+    parser.add_argument("--protocol", default=None, metavar="NAME" + (",..." if several else ""),
+                        help=f"{', '.join(PROTOCOL_NAMES)} or slide:SHORT/WINDOW/STRIDE (default synseg: 5 views at the "
+                             "backbone's size; see docs/training-free.md)")
+    parser.add_argument("--pamr", action="store_true", help="refine each view's or window's maps with PAMR, as TCL does")
+
+
+def protocols_from(args: argparse.Namespace, several: bool = False) -> list:
+    """The --protocol list (one entry unless `several`); --views is the synseg protocol's view count."""
+    from synseg.eval.protocols import parse_protocols
+
+    protocols = parse_protocols(args.protocol or "synseg", getattr(args, "pamr", False), getattr(args, "views", None))
+    if len(protocols) > 1 and not several:
+        raise UserError("--protocol takes one protocol here")
+    return protocols
+
+
+def build_predictors(args: argparse.Namespace, methods: list) -> dict:
+    """One dense predictor per method (synseg.eval.methods.MethodChoice or its name). The training-free methods share
+    the SynSeg model's backbone when one is built (a --checkpoint, or SynSeg asked for), else one backbone loaded from
+    --backbone/--pretrained."""
+    from synseg.eval.methods import build_training_free, parse_method
+
+    choices = [parse_method(m) if isinstance(m, str) else m for m in methods]
+    model = build_model(args) if args.checkpoint or any(not c.training_free for c in choices) else None
+    backbone = model.backbone if model is not None else None
+    predictors: dict = {}
+    for choice in choices:
+        if not choice.training_free:
+            predictors[choice] = model
+            continue
+        if backbone is None:
+            from synseg.models.backbone import ClipBackbone
+
             config = BackboneConfig(name=args.backbone or "ViT-B-16", pretrained=args.pretrained or "openai")
-            predictors[method] = build_maskclip(config).to(resolve_device(args.device)).eval()
+            backbone = ClipBackbone(config).to(resolve_device(args.device))
+        predictors[choice] = build_training_free(choice, backbone).eval()
     return predictors

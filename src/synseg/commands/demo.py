@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from synseg.config import write_json
     from synseg.data.benchmarks import get_benchmark
     from synseg.eval.evaluator import evaluate, segmenter_predict
-    from synseg.eval.maskclip import MaskCLIP
+    from synseg.eval.methods.maskclip import MaskCLIP
     from synseg.io import ensure_writable_dir
     from synseg.predictor import Segmenter
     from synseg.synthetic.experiment import SHIPPED_CLIP, SHIPPED_DEMO, WorldConfig, chance_iou, summarise, table
@@ -52,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         print("The shipped model is synseg train's default recipe (docs/world.md: L1 alone, pooled from frozen CLIP tokens, "
               "with absent-category suppression), trained on captions of the synthetic world for 1,000 iterations; its "
-              "CLIP is the 7.9M-parameter world CLIP.", file=sys.stderr)
+              "CLIP is the 7.8M-parameter world CLIP.", file=sys.stderr)
     return 0

@@ -1,4 +1,5 @@
-"""`synseg eval`: mIoU on the standard benchmarks, for SynSeg, the MaskCLIP baseline, or any method's saved label maps."""
+"""`synseg eval`: mIoU on the standard benchmarks for any registered methods under any protocols, in one pass over
+the images, or for any method's saved label maps."""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from synseg.commands.common import add_model_arguments, add_precision_argument, build_predictors
+from synseg.commands.common import (add_method_arguments, add_model_arguments, add_precision_argument, build_predictors,
+                                   protocols_from)
 from synseg.data.benchmarks import BENCHMARKS, Benchmark, benchmark_class, get_benchmark
 from synseg.errors import UserError
-from synseg.eval.evaluator import EvalResult, PredictionFolder, evaluate, markdown_table, segmenter_predict, split
+from synseg.eval.evaluator import (EvalResult, PredictionFolder, evaluate, evaluate_many, markdown_table,
+                                   segmenter_predict, split)
+from synseg.eval.methods import parse_methods
 from synseg.io import atomic_path, ensure_writable_file
-
-METHODS = {"synseg": "SynSeg", "maskclip": "MaskCLIP"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,12 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "indices in --list-classes order, 255 = no prediction (DIR/<benchmark>/ for several)")
     add_model_arguments(parser)
     add_precision_argument(parser)
-    parser.add_argument("--method", metavar="synseg|maskclip[,...]",
-                        help="synseg (needs --checkpoint) and/or the training-free MaskCLIP baseline on the same "
-                             "backbone (default: synseg)")
-    parser.add_argument("--views", type=int, choices=(1, 5), help="5 = whole image + 4 quadrants (default), 1 = whole image")
+    add_method_arguments(parser, several=True)
+    parser.add_argument("--views", type=int, choices=(1, 5),
+                        help="views of the synseg protocol: 5 = whole image + 4 quadrants (default), 1 = whole image")
     parser.add_argument("--threshold", type=float,
-                        help="background threshold on the best activation for VOC and Object (default: the method's own)")
+                        help="background threshold on the best probability for VOC and Object (default: each method's own)")
+    parser.add_argument("--class-names", action="append", default=[], metavar="FILE|NAME=FILE",
+                        help="one line per class, several names separated by commas (a class scores the best of its "
+                             "names), in --list-classes order without background; a first line for background makes it "
+                             "a class of its own as in SCLIP's files; repeat NAME=FILE for several benchmarks")
     parser.add_argument("--limit", type=int, metavar="N", help="score only the first N images of each split")
     parser.add_argument("--json", metavar="FILE", help="also write mIoU, pixel accuracy and per-class IoU here")
     parser.add_argument("--list-classes", action="store_true",
@@ -72,23 +77,45 @@ def roots_by_benchmark(entries: list[str], names: list[str]) -> dict[str, Path]:
     return {name: specific.get(name, default) for name in names}
 
 
-def check_arguments(args: argparse.Namespace) -> list[str]:
+def check_arguments(args: argparse.Namespace) -> list:
     """Reject contradictory or out-of-range options before any slow work; returns the methods to run."""
     if args.predictions:
         for option, value in (("--checkpoint", args.checkpoint), ("--method", args.method), ("--views", args.views),
-                              ("--threshold", args.threshold)):
+                              ("--threshold", args.threshold), ("--protocol", args.protocol),
+                              ("--class-names", args.class_names or None), ("--pamr", args.pamr or None)):
             if value is not None:
                 raise UserError(f"{option} runs a model; --predictions scores saved label maps: use one or the other")
         methods = []
     else:
-        methods = split_list(args.method or "synseg", "method", METHODS)
-        if "synseg" in methods and not args.checkpoint:
+        methods = parse_methods(args.method or "synseg")
+        if any(not m.training_free for m in methods) and not args.checkpoint:
             raise UserError("--method synseg needs --checkpoint (or score saved label maps with --predictions)")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold must be within [0, 1], got {args.threshold}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     return methods
+
+
+def class_name_files(entries: list[str], benchmarks: dict[str, Benchmark]) -> dict[str, tuple[list, tuple[str, ...]]]:
+    """Per benchmark: its prompt labels (each a tuple of names) and background's names (empty: by threshold alone)."""
+    files = roots_by_benchmark(entries, list(benchmarks)) if entries else {}
+    out = {}
+    for name, path in files.items():
+        benchmark = benchmarks[name]
+        if not path.is_file():
+            raise UserError(f"--class-names file not found: {path}")
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        classes = [tuple(n.strip() for n in line.split(",") if n.strip()) for line in lines]
+        labels = benchmark.prompt_labels()
+        if len(classes) == len(labels):
+            out[name] = (classes, ())
+        elif benchmark.has_background and len(classes) == len(labels) + 1:
+            out[name] = (classes[1:], classes[0])
+        else:
+            expected = f"{len(labels)}" + (f" (or {len(labels) + 1} with background first)" if benchmark.has_background else "")
+            raise UserError(f"--class-names {path} has {len(classes)} classes but {name} has {expected}")
+    return out
 
 
 def prediction_folders(folder: Path, benchmarks: dict[str, Benchmark], limit: int | None) -> dict[str, PredictionFolder]:
@@ -120,22 +147,37 @@ def run(args: argparse.Namespace) -> int:
         for name, benchmark in benchmarks.items():
             results.append(evaluate(benchmark, folders[name], row, args.limit))
     else:
-        from synseg.predictor import Segmenter
-
-        for method, predictor in build_predictors(args, methods).items():
-            segmenter = Segmenter(predictor, precision=args.precision)
-            for benchmark in benchmarks.values():
-                predict = segmenter_predict(segmenter, benchmark, args.views or 5, args.threshold)
-                results.append(evaluate(benchmark, predict, METHODS[method], args.limit))
+        results = run_methods(args, methods, benchmarks)
     table = markdown_table(results)
     print(table)
     if args.json:
-        settings = {key: getattr(args, key) for key in ("checkpoint", "predictions", "backbone", "pretrained", "precision", "threshold",
-                                                        "limit")}
+        settings = {key: getattr(args, key) for key in ("checkpoint", "predictions", "backbone", "pretrained", "precision",
+                                                        "threshold", "limit", "pamr", "class_names")}
         settings["views"] = None if args.predictions else args.views or 5
+        settings["methods"] = [str(m) for m in methods]
+        settings["protocols"] = [] if args.predictions else [p.describe() for p in protocols_from(args, several=True)]
         settings["roots"] = {name: str(root) for name, root in roots.items()}
         report = {"units": "percent", "table": table, "settings": settings, "results": [r.to_json() for r in results]}
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
+
+
+def run_methods(args: argparse.Namespace, methods: list, benchmarks: dict[str, Benchmark]) -> list[EvalResult]:
+    """Every (method, protocol) row on every benchmark, each image read once per benchmark for all rows; rows ordered
+    by method, then protocol."""
+    from synseg.predictor import Segmenter
+
+    protocols = protocols_from(args, several=True)
+    names = class_name_files(args.class_names, benchmarks)
+    segmenters = {method: Segmenter(predictor, precision=args.precision) for method, predictor in build_predictors(args, methods).items()}
+    results: list[EvalResult] = []
+    for name, benchmark in benchmarks.items():
+        labels, background = names.get(name, (None, ()))
+        predicts = {(method.title, protocol.describe()): segmenter_predict(
+                        segmenter, benchmark, args.views or 5, args.threshold, protocol, labels, background)
+                    for protocol in protocols for method, segmenter in segmenters.items()}
+        results += evaluate_many(benchmark, predicts, args.limit)
+    rank = {row: i for i, row in enumerate((m.title, p.describe()) for m in methods for p in protocols)}
+    return sorted(results, key=lambda r: rank[(r.method, r.protocol)])

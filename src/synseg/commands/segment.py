@@ -9,7 +9,8 @@ import sys
 
 from tqdm import tqdm
 
-from synseg.commands.common import add_model_arguments, add_precision_argument, build_predictors
+from synseg.commands.common import (add_method_arguments, add_model_arguments, add_precision_argument, build_predictors,
+                                   protocols_from)
 from synseg.errors import UserError
 from synseg.io import atomic_path, check_image, ensure_writable_dir, load_image
 from synseg.predictor import Segmenter, parse_labels
@@ -22,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     add_model_arguments(parser)
     add_precision_argument(parser)
-    parser.add_argument("--method", choices=("synseg", "maskclip"), default="synseg",
-                        help="synseg (needs --checkpoint for meaningful masks) or the training-free MaskCLIP baseline")
-    parser.add_argument("--views", type=int, choices=(1, 5), default=5, help="5 = whole image + 4 quadrants (default)")
+    add_method_arguments(parser)
+    parser.add_argument("--views", type=int, choices=(1, 5), default=5,
+                        help="views of the synseg protocol: 5 = whole image + 4 quadrants (default)")
     parser.add_argument("--threshold", type=float, help="background threshold on the best activation (with --background)")
     parser.add_argument("--background", action="store_true", help="add a background class for weak activations")
 
@@ -59,13 +60,15 @@ def run(args: argparse.Namespace) -> int:
     clashing = sorted({s for s in stems if [x.casefold() for x in stems].count(s.casefold()) > 1})
     if clashing:
         raise UserError(f"several images are named {clashing[0]}; their outputs would overwrite each other")
+    (protocol,) = protocols_from(args)
     out = ensure_writable_dir(args.out)
-    segmenter = Segmenter(build_predictors(args, [args.method])[args.method], precision=args.precision)
+    (predictor,) = build_predictors(args, [args.method]).values()
+    segmenter = Segmenter(predictor, precision=args.precision)
     names = (["background"] if args.background else []) + labels
     heats = heat_names(labels)
     for path, stem in tqdm(list(zip(paths, stems)), desc="segment", unit="img", disable=len(paths) < 2, file=sys.stderr):
         image = load_image(path)
-        result = segmenter.segment(image, labels, views=args.views, threshold=args.threshold, background=args.background)
+        result = segmenter.segment(image, labels, threshold=args.threshold, background=args.background, protocol=protocol)
         for heat, activation in zip(heats, result.maps):  # one map at a time to the host
             with atomic_path(out / f"{stem}.heat.{heat}.png") as tmp:
                 heat_map(activation.cpu().numpy()).save(tmp, format="PNG")

@@ -1,5 +1,5 @@
 """`synseg viz`: the paper's Fig. 3 (one label's activation map and the masks at thresholds 0.1-0.6), overlays with a
-legend, and comparison grids of a benchmark's images (image | ground truth | SynSeg | MaskCLIP)."""
+legend, and comparison grids of a benchmark's images (image | ground truth | each --method)."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +8,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from synseg.commands.common import add_model_arguments, build_predictors
+from synseg.commands.common import add_method_arguments, add_model_arguments, build_predictors, protocols_from
 from synseg.errors import UserError
+from synseg.eval.methods import parse_methods
 from synseg.io import check_image, ensure_writable_file, load_image
 from synseg.predictor import Segmenter, parse_labels
 
@@ -32,21 +33,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     overlay.add_argument("--threshold", type=float, help="background threshold (with --background)")
     _common(overlay)
 
-    grid = figures.add_parser("grid", help="benchmark images: image | ground truth | SynSeg | MaskCLIP")
+    grid = figures.add_parser("grid", help="benchmark images: image | ground truth | each method (default SynSeg, MaskCLIP)")
     grid.add_argument("--benchmark", required=True, help="voc, context, object, stuff, city or ade")
     grid.add_argument("--root", required=True, help="folder holding the benchmark's layout")
     grid.add_argument("--limit", type=int, default=4, help="how many images, first of the split (default 4)")
     grid.add_argument("--threshold", type=float, help="background threshold for benchmarks with background")
-    _common(grid, methods=False)
+    _common(grid, several=True)
 
 
-def _common(parser: argparse.ArgumentParser, methods: bool = True) -> None:
+def _common(parser: argparse.ArgumentParser, several: bool = False) -> None:
     parser.add_argument("--out", required=True, help="the PNG to write")
-    parser.add_argument("--views", type=int, choices=(1, 5), default=5, help="5 = whole image + 4 quadrants (default)")
+    parser.add_argument("--views", type=int, choices=(1, 5), default=5,
+                        help="views of the synseg protocol: 5 = whole image + 4 quadrants (default)")
     add_model_arguments(parser)
-    if methods:
-        parser.add_argument("--method", choices=("synseg", "maskclip"), default="synseg",
-                            help="synseg (needs --checkpoint for meaningful masks) or the MaskCLIP baseline")
+    add_method_arguments(parser, several=several)
+
+
+def _segmenter(args: argparse.Namespace) -> tuple[Segmenter, object]:
+    """The one --method's Segmenter and the --protocol."""
+    (protocol,) = protocols_from(args)
+    (predictor,) = build_predictors(args, [args.method]).values()
+    return Segmenter(predictor), protocol
 
 
 def _fraction(value: float | None, option: str) -> None:
@@ -74,7 +81,8 @@ def run_fig3(args: argparse.Namespace):
     for value in thresholds:
         _fraction(value, "--thresholds")
     image = load_image(check_image(args.image))
-    activations = Segmenter(build_predictors(args, [args.method])[args.method]).activations(image, labels, views=args.views).cpu().numpy()
+    segmenter, protocol = _segmenter(args)
+    activations = segmenter.activations(image, labels, protocol=protocol).cpu().numpy()
     return fig3_figure(image, activations[labels.index(label)], label, threshold_label_maps(activations, thresholds),
                        thresholds, ["background", *labels])
 
@@ -85,8 +93,8 @@ def run_overlay(args: argparse.Namespace):
     labels = parse_labels(args.labels)
     _fraction(args.threshold, "--threshold")
     image = load_image(check_image(args.image))
-    result = Segmenter(build_predictors(args, [args.method])[args.method]).segment(image, labels, views=args.views, threshold=args.threshold,
-                                                      background=args.background)
+    segmenter, protocol = _segmenter(args)
+    result = segmenter.segment(image, labels, threshold=args.threshold, background=args.background, protocol=protocol)
     names = (["background"] if args.background else []) + labels
     return overlay_figure(image, result.label_map, names, args.background, title=args.method)
 
@@ -99,10 +107,11 @@ def run_grid(args: argparse.Namespace):
     if args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     benchmark = get_benchmark(args.benchmark, args.root)
-    predictors = build_predictors(args, ["synseg", "maskclip"])
-    segmenters = {"SynSeg": Segmenter(predictors["synseg"]), "MaskCLIP": Segmenter(predictors["maskclip"])}
+    (protocol,) = protocols_from(args)
+    predictors = build_predictors(args, parse_methods(args.method or "synseg,maskclip"))
+    segmenters = {method.title: Segmenter(predictor) for method, predictor in predictors.items()}
     samples = tqdm(benchmark.samples[: args.limit], desc="grid", unit="img", file=sys.stderr)
-    rows = benchmark_grid_rows(benchmark, list(segmenters.values()), samples, args.views, args.threshold)
+    rows = benchmark_grid_rows(benchmark, list(segmenters.values()), samples, args.views, args.threshold, protocol)
     return grid_figure(rows, list(segmenters), list(benchmark.class_names()), benchmark.has_background)
 
 

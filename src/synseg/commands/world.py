@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the 2-minute variant: one seed, L1 with absent-category suppression vs MaskCLIP vs chance")
     parser.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2)")
     parser.add_argument("--jobs", type=int, default=2,
-                        help="processes the seeds run in, one thread each (default 2: twice as fast on two cores)")
+                        help="processes the seeds run in, one thread each (default 2; docs/world.md)")
     parser.add_argument("--config", help="JSON file of WorldConfig fields to override, e.g. {\"model\": {\"pool_source\": "
                                          "\"unconditional\"}} (merged over the --quick settings when both are given)")
 

@@ -1,4 +1,4 @@
-"""Benchmark evaluation: the mIoU metric, the evaluator, and the training-free MaskCLIP baseline."""
+"""Benchmark evaluation: the mIoU metric, the evaluator, the registered methods (methods/) and protocols (protocols/)."""
 from synseg.eval.evaluator import EvalResult, PredictionFolder, evaluate, segmenter_predict
 from synseg.eval.metric import ConfusionMatrix
 

@@ -1,19 +1,21 @@
 """Score a method on a benchmark split: run a Segmenter, or read saved label maps of any method, into one confusion matrix."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from synseg.data.benchmarks import BENCHMARKS, Benchmark, Sample
 from synseg.data.benchmarks.base import read_index_png
 from synseg.errors import UserError
 from synseg.eval.metric import ConfusionMatrix, check_indices
-from synseg.io import load_image
+from synseg.io import image_tensor, load_image
 
 Predict = Callable[[Sample, tuple[int, int]], np.ndarray]
 
@@ -30,11 +32,13 @@ class EvalResult:
     iou: tuple[float, ...]
     miou: float
     pixel_accuracy: float
+    protocol: str = ""
 
     def to_json(self) -> dict:
         """Percentages, with null for classes that were not scored."""
         return {
             "method": self.method,
+            **({"protocol": self.protocol} if self.protocol else {}),
             "benchmark": self.benchmark,
             "images": self.images,
             "miou": _percent(self.miou),
@@ -56,21 +60,30 @@ def split(benchmark: Benchmark, limit: int | None = None) -> list[Sample]:
 def evaluate(benchmark: Benchmark, predict: Predict, method: str, limit: int | None = None,
              progress: bool = True) -> EvalResult:
     """Stream the split through `predict` (sample, label height/width -> label map) and score it."""
+    return evaluate_many(benchmark, {(method, ""): predict}, limit, progress)[0]
+
+
+def evaluate_many(benchmark: Benchmark, predicts: dict[tuple[str, str], Predict], limit: int | None = None,
+                  progress: bool = True) -> list[EvalResult]:
+    """Score several (method, protocol) rows in one pass: each label (and, through `sample_pixels`, each image) is
+    read once per sample for all of them."""
     samples = split(benchmark, limit)
-    matrix = ConfusionMatrix(benchmark.num_classes(), benchmark.ignore_index)
+    matrices = {row: ConfusionMatrix(benchmark.num_classes(), benchmark.ignore_index) for row in predicts}
+    desc = f"{benchmark.title} [{', '.join(dict.fromkeys(method for method, _ in predicts))}]"
     # The bar is closed (its line ended) before any error message is printed below it.
-    with tqdm(total=len(samples), desc=f"{benchmark.title} [{method}]", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:
         for sample in samples:
             truth = benchmark.read_label(sample.label_path)
-            prediction = predict(sample, truth.shape)
-            try:
-                matrix.update(prediction, truth)
-            except ValueError as error:
-                raise UserError(f"{benchmark.name} image {sample.stem} ({sample.label_path}): {error}") from None
+            for row, predict in predicts.items():
+                prediction = predict(sample, truth.shape)
+                try:
+                    matrices[row].update(prediction, truth)
+                except ValueError as error:
+                    raise UserError(f"{benchmark.name} image {sample.stem} ({sample.label_path}): {error}") from None
             bar.update()
-    iou = matrix.iou()
-    return EvalResult(method, benchmark.name, benchmark.title, benchmark.class_names(), len(samples),
-                      tuple(float(v) for v in iou), matrix.miou(), matrix.pixel_accuracy())
+    return [EvalResult(method, benchmark.name, benchmark.title, benchmark.class_names(), len(samples),
+                       tuple(float(v) for v in matrix.iou()), matrix.miou(), matrix.pixel_accuracy(), protocol)
+            for (method, protocol), matrix in matrices.items()]
 
 
 class PredictionFolder:
@@ -105,39 +118,50 @@ class PredictionFolder:
         return prediction
 
 
-def segmenter_predict(segmenter, benchmark: Benchmark, views: int = 5, threshold: float | None = None) -> Predict:
-    """Label maps from a `synseg.predictor.Segmenter` asked about the benchmark's class names."""
-    labels = benchmark.prompt_labels()
+@functools.lru_cache(maxsize=1)
+def sample_pixels(path: Path, device: torch.device | None = None) -> torch.Tensor:
+    """The image as [3, H, W] in [0, 1] on the model's device; the last one is kept, so every row scoring a sample gets
+    the same tensor (and methods on one backbone share their views and CLIP's forward)."""
+    return image_tensor(load_image(path), device)
+
+
+def segmenter_predict(segmenter, benchmark: Benchmark, views: int = 5, threshold: float | None = None,
+                      protocol=None, labels: list | None = None, background_names: tuple[str, ...] = ()) -> Predict:
+    """Label maps from a `synseg.predictor.Segmenter` asked about the benchmark's class names (or `labels`, one entry
+    per prompt label, each a name or a tuple of names), under `protocol` (default: `views` views)."""
+    labels = labels or benchmark.prompt_labels()
 
     def predict(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
-        image = load_image(sample.image_path)
-        if (image.height, image.width) != tuple(shape):
+        image = sample_pixels(sample.image_path, segmenter.device)
+        if tuple(image.shape[-2:]) != tuple(shape):
             raise UserError(
-                f"image {sample.image_path} is {image.width}x{image.height} but its label {sample.label_path} "
+                f"image {sample.image_path} is {image.shape[-1]}x{image.shape[-2]} but its label {sample.label_path} "
                 f"is {shape[1]}x{shape[0]}"
             )
-        result = segmenter.segment(image, labels, views=views, threshold=threshold, background=benchmark.has_background)
+        result = segmenter.segment(image, labels, views=views, threshold=threshold, background=benchmark.has_background,
+                                   protocol=protocol, background_names=background_names)
         return result.label_map
 
     return predict
 
 
 def markdown_table(results: list[EvalResult]) -> str:
-    """The paper's Table II layout: a row per method, mIoU (%) per benchmark in the paper's column order, then the mean."""
+    """The paper's Table II layout: a row per method (and protocol, when there are several), mIoU (%) per benchmark in
+    the paper's column order, then the mean."""
     order = list(BENCHMARKS)
     benchmarks = sorted({r.benchmark for r in results}, key=order.index)
     titles = {r.benchmark: r.title for r in results}
-    methods = list(dict.fromkeys(r.method for r in results))
-    score = {(r.method, r.benchmark): r.miou for r in results}
-    lines = [
-        "| " + " | ".join(["Method", *(titles[b] for b in benchmarks), "Avg."]) + " |",
-        "|" + "---|" * (len(benchmarks) + 2),
-    ]
-    for method in methods:
-        values = [score.get((method, b), math.nan) for b in benchmarks]
+    rows = list(dict.fromkeys((r.method, r.protocol) for r in results))
+    with_protocol = len({protocol for _, protocol in rows}) > 1
+    score = {(r.method, r.protocol, r.benchmark): r.miou for r in results}
+    head = ["Method", *(["Protocol"] if with_protocol else []), *(titles[b] for b in benchmarks), "Avg."]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, protocol in rows:
+        values = [score.get((method, protocol, b), math.nan) for b in benchmarks]
         finite = [v for v in values if not math.isnan(v)]
         mean = sum(finite) / len(finite) if finite else math.nan
-        lines.append("| " + " | ".join([method, *(_cell(v) for v in [*values, mean])]) + " |")
+        cells = [method, *([protocol] if with_protocol else []), *(_cell(v) for v in [*values, mean])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

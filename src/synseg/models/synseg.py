@@ -97,11 +97,20 @@ class SynSeg(nn.Module):
 
     @torch.inference_mode()
     def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """[V, K, S, S] activations in [0, 1] for V normalised views and K text embeddings.
+        """[V, K, S, S] activations in [0, 1] for V normalised views and K text embeddings."""
+        return self._maps(pixels, text, activate=True)
 
-        CLIP and the decoder's reductions run once per view; the decoder then runs per (view, class) pair, on CPU in
-        chunks small enough for its FFN activations to stay in cache (twice as fast as one big batch).
-        """
+    @torch.inference_mode()
+    def logits(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """[V, K, S, S] decoder logits (what the slide protocol averages across windows), at the views' size."""
+        return self._maps(pixels, text, activate=False)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+    def _maps(self, pixels: torch.Tensor, text: torch.Tensor, activate: bool) -> torch.Tensor:
+        """CLIP and the decoder's reductions run once per view; the decoder then runs per (view, class) pair, on CPU in
+        chunks small enough for its FFN activations to stay in cache (twice as fast as one big batch)."""
         views, classes = pixels.shape[0], text.shape[0]
         reduced = self.decoder.reduce(self.backbone.encode_image(pixels))
         image_index = torch.arange(views, device=pixels.device).repeat_interleave(classes)
@@ -114,9 +123,12 @@ class SynSeg(nn.Module):
             logits = self.decoder.to_logits(self.decoder(reduced, image_index[part], text[part]))
             if maps is None:
                 maps = logits.new_empty(pairs, *logits.shape[1:])
-            torch.sigmoid(logits, out=maps[part])
+            if activate:
+                torch.sigmoid(logits, out=maps[part])
+            else:
+                maps[part] = logits
         maps = maps.view(views, classes, *maps.shape[-2:])
-        if maps.shape[-1] != pixels.shape[-1]:
+        if maps.shape[-2:] != pixels.shape[-2:]:
             maps = F.interpolate(maps, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
         return maps
 

@@ -28,6 +28,7 @@ from synseg.config import from_dict, merged, write_json
 from synseg.data.benchmarks import get_benchmark
 from synseg.errors import UserError
 from synseg.eval.evaluator import evaluate
+from synseg.eval.methods import TRAINING_FREE, training_free_methods
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
 from synseg.synthetic.world import CLASSES, SEEN_THINGS, STUFF, UNSEEN_THINGS, write_split
 from synseg.train.config import RECIPES, TrainConfig
@@ -50,7 +51,7 @@ ROWS: dict[str, dict] = {
     "w/o L3": {"loss": {**FOUR_TERMS, "inter_background": 0.0}},
     "w/o L4": {"loss": {**FOUR_TERMS, "inter_foreground": 0.0}},
     "L1 only (synseg train's default recipe)": {"loss": L2_L4_OFF},
-    "MaskCLIP (training-free)": {"method": "maskclip"},
+    **{f"{TRAINING_FREE[name][0].title} (training-free)": {"method": name} for name in training_free_methods()},
     "Supervised decoder (upper bound)": {"supervised": True},
     "Chance (uniform random labels)": {"chance": True},
 }
@@ -229,9 +230,9 @@ def _one_thread() -> None:
 
 
 def run_experiment(config: WorldConfig, out: Path, jobs: int = 1) -> dict:
-    """The table; with `jobs` > 1 the seeds run in that many processes of one thread each: a world run is bound by
-    Python's per-step overhead, not arithmetic, so two one-thread processes on two cores do twice the work of one
-    two-thread process."""
+    """The table; with `jobs` > 1 the seeds run in that many processes of one thread each: a world run's small
+    decoder steps are bound by per-operation overhead more than arithmetic, so on two cores two one-thread processes
+    get through more iterations than one two-thread process (docs/world.md)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = {**ROWS, **config.rows}
     unknown = [v for v in config.variants if v not in rows]

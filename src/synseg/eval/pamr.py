@@ -1,0 +1,45 @@
+"""PAMR, pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020), as TCL applies it to each window's masks.
+
+Each iteration replaces a mask value by a weighted mean of its 8 neighbours at several dilations; the weights are a
+softmax over neighbours of -|I(x) - I(n)| / (0.1 std), the colour difference scaled by the local standard deviation
+(of the 3x3 neighbourhood at that dilation, per channel) and averaged over channels. Edges in the image therefore
+stop the mask from spreading across them. No maintained package ships PAMR; every OVSS repository carries a copy.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+TCL_ITERATIONS = 10
+TCL_DILATIONS = (1, 2, 4, 8, 12, 24)
+OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def _shifts(x: torch.Tensor, dilation: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, 8, H, W]: each pixel's 8 neighbours at `dilation`, borders replicated."""
+    height, width = x.shape[-2:]
+    padded = F.pad(x, [dilation] * 4, mode="replicate")
+    return torch.stack([padded[..., dilation + dy * dilation: dilation + dy * dilation + height,
+                               dilation + dx * dilation: dilation + dx * dilation + width] for dy, dx in OFFSETS], dim=2)
+
+
+def affinities(image: torch.Tensor, dilations: tuple[int, ...] = TCL_DILATIONS) -> torch.Tensor:
+    """[B, 3, H, W] image -> [B, 8 * len(dilations), H, W] neighbour weights summing to 1 at each pixel."""
+    weights = []
+    for dilation in dilations:
+        neighbours = _shifts(image, dilation)
+        spread = torch.cat([image.unsqueeze(2), neighbours], dim=2).std(dim=2, keepdim=True)
+        weights.append(-(neighbours - image.unsqueeze(2)).abs() / (1e-8 + 0.1 * spread))
+    return torch.softmax(torch.cat(weights, dim=2).mean(dim=1), dim=1)
+
+
+def pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int = TCL_ITERATIONS,
+         dilations: tuple[int, ...] = TCL_DILATIONS) -> torch.Tensor:
+    """Refine [B, K, h, w] masks (probabilities or logits) along the edges of a [B, 3, H, W] image, at the masks' size."""
+    image = image.float()
+    if image.shape[-2:] != masks.shape[-2:]:
+        image = F.interpolate(image, size=masks.shape[-2:], mode="bilinear", align_corners=True)
+    weights = affinities(image, dilations).unsqueeze(1)  # [B, 1, P, h, w]
+    for _ in range(iterations):
+        masks = sum((_shifts(masks, d) * weights[:, :, 8 * i: 8 * i + 8]).sum(dim=2) for i, d in enumerate(dilations))
+    return masks

@@ -1,0 +1,137 @@
+"""The training-free methods: each one's last-block change against an independent route (open_clip's own
+nn.MultiheadAttention with tied projections or an additive mask), the registry, and several names per class."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from synseg.errors import UserError
+from synseg.eval.methods import build_training_free, parse_method, parse_methods, training_free_methods
+from synseg.eval.methods.naclip import neighbourhood
+from synseg.predictor import Segmenter
+
+
+def last_block_input(backbone, seed: int = 1):
+    """Tokens entering the last block of the tiny backbone for two random views, and that block."""
+    torch.manual_seed(seed)
+    visual = backbone.clip.visual
+    pixels = backbone.normalize(torch.rand(2, 3, backbone.image_size, backbone.image_size))
+    with torch.no_grad():
+        x = visual._embeds(pixels)
+        for block in visual.transformer.resblocks[:-1]:
+            x = block(x)
+    return x, visual.transformer.resblocks[-1]
+
+
+def tied(block, source: str, target: str):
+    """A copy of the block whose `target` projection (q, k or v) is its `source` projection."""
+    block = copy.deepcopy(block)
+    width = block.attn.embed_dim
+    rows = {"q": slice(0, width), "k": slice(width, 2 * width), "v": slice(2 * width, 3 * width)}
+    with torch.no_grad():
+        block.attn.in_proj_weight[rows[target]] = block.attn.in_proj_weight[rows[source]]
+        block.attn.in_proj_bias[rows[target]] = block.attn.in_proj_bias[rows[source]]
+    return block
+
+
+def attention(block, x, mask=None):
+    y = block.ln_1(x)
+    with torch.no_grad():
+        return block.attn(y, y, y, need_weights=False, attn_mask=mask)[0]
+
+
+def randomise_biases(block):
+    """open_clip initialises attention biases to zero; random ones make q, k and v terms distinguishable."""
+    torch.manual_seed(2)
+    with torch.no_grad():
+        block.attn.in_proj_bias.normal_(0, 0.5)
+        block.attn.out_proj.bias.normal_(0, 0.5)
+
+
+@pytest.fixture
+def case(tiny_model):
+    x, block = last_block_input(tiny_model.backbone)
+    block = copy.deepcopy(block)
+    randomise_biases(block)
+    return tiny_model.backbone, x, block
+
+
+def test_sclip_sums_query_query_and_key_key_attention_and_keeps_residual_and_mlp(case):
+    backbone, x, block = case
+    bias = block.attn.out_proj.bias
+    # out_proj(A v + B v) = out_proj(A v) + out_proj(B v) - bias: each term is ordinary attention with tied projections
+    mixed = attention(tied(block, "q", "k"), x) + attention(tied(block, "k", "q"), x) - bias
+    expected = x + mixed
+    expected = expected + block.mlp(block.ln_2(expected))
+    got = build_training_free("sclip", backbone).last_block(block, x, backbone.grid)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_clearclip_is_query_query_attention_without_residual_or_mlp(case):
+    backbone, x, block = case
+    got = build_training_free("clearclip", backbone).last_block(block, x, backbone.grid)
+    torch.testing.assert_close(got, attention(tied(block, "q", "k"), x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, attention(block, x), atol=1e-3)  # plain q-k attention differs
+
+
+def test_naclip_is_key_key_attention_plus_a_gaussian_of_patch_distance(case):
+    backbone, x, block = case
+    omega = neighbourhood(backbone.grid)
+    got = build_training_free("naclip", backbone).last_block(block, x, backbone.grid)
+    torch.testing.assert_close(got, attention(tied(block, "k", "q"), x, mask=omega), rtol=1e-5, atol=1e-5)
+    # the bias by hand on an 8x8 grid (std 5 patches): 1 on the diagonal, exp(-d^2 / 50) between patches, 0 for CLS
+    assert omega.shape == (65, 65)
+    assert omega[0].abs().sum() == 0 and omega[:, 0].abs().sum() == 0
+    assert omega[1, 1] == 1.0
+    assert math.isclose(omega[1, 2], math.exp(-1 / 50), rel_tol=1e-6)  # (0,0) -> (0,1)
+    assert math.isclose(omega[1, 10], math.exp(-2 / 50), rel_tol=1e-6)  # (0,0) -> (1,1)
+    assert math.isclose(omega[1, 64], math.exp(-98 / 50), rel_tol=1e-6)  # (0,0) -> (7,7)
+
+
+def test_methods_run_on_windows_larger_than_clip_input(tiny_model):
+    backbone = tiny_model.backbone
+    text = backbone.embed_labels(["cat", "dog"], ("a photo of a {}.",))
+    pixels = torch.randn(1, 3, 96, 128)  # a 12x16 token grid from CLIP's 8x8: position embeddings resized
+    for name in training_free_methods():
+        method = build_training_free(name, backbone)
+        logits = method.logits(pixels, text)
+        assert logits.shape == (1, 2, 96, 128) and logits.abs().max() <= 1 + 1e-5, name
+        probabilities = method.activate(logits)
+        torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(1, 96, 128))
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        build_training_free("sclip", backbone).logits(torch.randn(1, 3, 60, 64), text)
+
+
+def test_registry_names_presets_and_errors():
+    assert training_free_methods() == ("maskclip", "sclip", "clearclip", "naclip")
+    assert [str(m) for m in parse_methods("sclip:voc, naclip,synseg,naclip")] == ["sclip:voc", "naclip", "synseg"]
+    assert parse_method("sclip:voc").title == "SCLIP (voc)" and parse_method("clearclip").title == "ClearCLIP"
+    with pytest.raises(UserError, match="unknown method 'sam'"):
+        parse_method("sam")
+    with pytest.raises(UserError, match="unknown preset 'ade' of sclip"):
+        parse_method("sclip:ade")
+
+
+def test_presets_set_each_methods_logit_scale_and_threshold(tiny_model):
+    backbone = tiny_model.backbone
+    assert build_training_free("sclip:voc", backbone).logit_scale == 65.0
+    assert build_training_free("naclip", backbone).background_threshold == 0.1
+    maskclip = build_training_free("maskclip", backbone)
+    assert maskclip.logit_scale == pytest.approx(float(backbone.clip.logit_scale.exp()))  # CLIP's own temperature
+
+
+def test_a_class_with_several_names_scores_the_best_of_them(tiny_model):
+    segmenter = Segmenter(build_training_free("clearclip", tiny_model.backbone), templates=("a photo of a {}.",))
+    image = Image.fromarray((torch.rand(40, 48, 3) * 255).byte().numpy())
+    flat = segmenter.activations(image, ["cat", "kitten", "dog"], views=1)
+    grouped = segmenter.activations(image, [("cat", "kitten"), "dog"], views=1)
+    torch.testing.assert_close(grouped, torch.stack([flat[:2].amax(dim=0), flat[2]]))
+    result = segmenter.segment(image, ["cat", "dog"], views=1, background=True, threshold=0.0,
+                               background_names=("sky", "wall"))
+    both = segmenter.activations(image, [("sky", "wall"), "cat", "dog"], views=1)
+    assert (result.label_map == both.argmax(dim=0).numpy()).all()  # background names win as class 0
+    assert result.labels == ["cat", "dog"] and result.activations.shape == (2, 40, 48)
