@@ -7,6 +7,9 @@
     python benchmarks/world_diagnostics.py maps CHECKPOINT WORLD_TEST_DIR [--images 8]
         how alike the class texts are, then per test image: mean activation inside / outside each present class,
         and which classes win the argmax
+    python benchmarks/world_diagnostics.py regions [--clip FILE] [--scenes 300]
+        what FSS can read of a region: each thing's ground-truth token mask turned into one CLIP-space vector in the
+        ways FSS could pool it, and how often that vector's nearest thing phrase is the right one
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from PIL import Image
 from synseg.checkpoint import load_model
 from synseg.models import BackboneConfig
 from synseg.models.backbone import ClipBackbone
+from synseg.models.fss import masked_attention_pooling
+from synseg.eval.methods.maskclip import MaskCLIP
 from synseg.synthetic import tiny_clip
 from synseg.synthetic.experiment import ARCHITECTURE, SHIPPED_CLIP, WorldConfig
 from synseg.synthetic.world import CLASSES, MAX_THINGS, PATTERNS, STUFF, THINGS, make_scene, scene_rng
@@ -99,6 +104,43 @@ def clip(path: Path) -> None:
           f"stuff tokens {result['stuff_tokens_right']:.1%}; chance {1 / len(CLASSES):.1%}")
 
 
+@torch.no_grad()
+def regions(path: Path, scenes: int) -> None:
+    """Soft masks are each token's share of the thing; scenes as the experiment's test split draws them."""
+    backbone = ClipBackbone(BackboneConfig(ARCHITECTURE, str(path)))
+    visual, blocks = backbone.clip.visual, backbone.clip.visual.transformer.resblocks
+    things = [CLASSES.index(thing) for thing in THINGS]
+    text = backbone.embed_labels([CLASSES[i] for i in things], ("a photo of a {}.",))
+    head = lambda x: F.normalize(visual.ln_post(x) @ visual.proj, dim=-1)
+    maskclip = MaskCLIP(backbone)
+    right: dict[str, list[bool]] = {}
+    for index in range(scenes):
+        scene = make_scene(scene_rng(7, index), backbone.image_size, "test", backdrop=WorldConfig.backdrop)
+        pixels = backbone_pixels(backbone, scene.image)
+        inputs = backbone.encode_image(pixels, tuple(range(-1, len(blocks) - 1)))
+        value_tokens = maskclip.last_block(blocks[-1], inputs[-1], backbone.grid)[0, 1:]
+        label = torch.from_numpy(scene.label_map)
+        shares = F.adaptive_avg_pool2d(F.one_hot(label, len(CLASSES)).permute(2, 0, 1)[None].float(), backbone.grid)[0]
+        for c in label.unique().tolist():
+            share = shares[c].flatten()
+            if c not in things or share.sum() < 1:
+                continue
+            weights = share / share.sum()
+            vectors = {
+                "mean of MaskCLIP's dense tokens (value path of the last block)": head(weights @ value_tokens),
+                "class token, last block's attention masked": head(masked_attention_pooling(
+                    blocks[-1:], inputs[-1:], share[None], torch.zeros(1, dtype=torch.long))[0]),
+                "class token, every block's attention masked (pool_source attention)": head(masked_attention_pooling(
+                    blocks, inputs, share[None], torch.zeros(1, dtype=torch.long))[0]),
+                "CLIP on the image with everything else at the mean colour": F.normalize(
+                    backbone.clip.encode_image(pixels * (label == c).float())[0], dim=-1),
+            }
+            for name, vector in vectors.items():
+                right.setdefault(name, []).append(things[int((vector @ text.T).argmax())] == c)
+    for name, hits in right.items():
+        print(f"{name}: {np.mean(hits):.1%} of {len(hits)} things named right (chance {1 / len(things):.1%})")
+
+
 def maps(checkpoint: str, test: Path, images: int) -> None:
     model = load_model(checkpoint, "cpu")
     backbone = model.backbone
@@ -128,9 +170,14 @@ def main() -> None:
     inspect.add_argument("checkpoint")
     inspect.add_argument("test", type=Path)
     inspect.add_argument("--images", type=int, default=8)
+    pooling = commands.add_parser("regions")
+    pooling.add_argument("--clip", type=Path, default=SHIPPED_CLIP)
+    pooling.add_argument("--scenes", type=int, default=300)
     args = parser.parse_args()
     if args.command == "clip":
         clip(args.clip)
+    elif args.command == "regions":
+        regions(args.clip, args.scenes)
     else:
         maps(args.checkpoint, args.test, args.images)
 

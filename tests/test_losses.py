@@ -139,3 +139,21 @@ def test_absent_maps_are_pushed_to_zero_by_cross_entropy():
     assert terms["total"].item() == pytest.approx(without["total"].item() + 2 * expected, rel=1e-5)
     terms["total"].backward()
     assert (maps.grad > 0).all()  # every absent activation is pushed down
+
+
+def test_softmax_alignment_is_cross_entropy_over_the_batchs_phrases_without_synonyms():
+    """align "softmax": L1 is -log softmax(scale * cos(fg_k, t))_k over the batch's distinct phrases; a phrase within
+    absent_text_gate of a pair's own (a near-synonym) is left out of that pair's denominator."""
+    config = LossConfig(intra_separate=0, inter_background=0, inter_foreground=0, align="softmax", logit_scale=10.0)
+    cat, dog, kitty = unit(1, 0, 0), unit(0, 1, 0), unit(0.95, 0.05, 0)  # "kitty" is within 0.8 of "cat"
+    text = torch.stack([cat, dog, cat, kitty])  # image 0: cat, dog; image 1: cat, kitty
+    fg = torch.stack([unit(1, 0.2, 0), unit(0.1, 1, 0), unit(1, 0.2, 0), unit(1, 0.2, 0)])
+    image_index = torch.tensor([0, 0, 1, 1])
+    terms = mccl_loss(fg, fg, text, image_index, config)
+
+    def nll(vector, own, others):
+        logits = torch.stack([10 * vector @ t for t in [own, *others]])
+        return -torch.log_softmax(logits, 0)[0]
+    image0 = (nll(fg[0], cat, [dog]) + nll(fg[1], dog, [cat, kitty])) / 2
+    image1 = (nll(fg[2], cat, [dog]) + nll(fg[3], kitty, [dog])) / 2
+    torch.testing.assert_close(terms["intra_align"], (image0 + image1) / 2)

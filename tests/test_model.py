@@ -14,6 +14,7 @@ from synseg.checkpoint import load_model, save_model
 from synseg.errors import UserError
 from synseg.eval.protocols.views import make_views, stitch_views
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
+from synseg.models.fss import masked_attention_pooling
 from synseg.predictor import Segmenter, best_label
 
 
@@ -49,6 +50,37 @@ def test_every_pooling_option_gives_vectors_in_clip_space_that_train(source, div
     assert model.decoder.upsample.weight.grad.abs().sum() > 0 and model.projector.net.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="pool_divisor"):
         build_synseg(SynSegConfig(backbone=BackboneConfig("synseg-tiny", None), pool_divisor="pixels"))
+
+
+def test_attention_pooling_is_clips_class_token_with_the_map_as_attention_mask():
+    """pool_source "attention": with A = 1 everywhere fg is CLIP's own image embedding; with any A it is CLIP's class
+    token attending to its image's tokens through nn.MultiheadAttention with log A added to its logits."""
+    torch.manual_seed(0)
+    model = build_synseg(SynSegConfig(backbone=BackboneConfig("synseg-tiny", None), pool_source="attention"))
+    backbone, visual = model.backbone, model.backbone.clip.visual
+    blocks = visual.transformer.resblocks
+    assert model.feature_layers == tuple(range(-1, len(blocks)))
+    pixels = torch.rand(3, 3, 64, 64)
+    tokens = backbone.encode_image(pixels, model.feature_layers)
+    image_index = torch.tensor([2, 0, 0, 1, 2, 2])
+    inputs = tokens[:len(blocks)]
+    everything = masked_attention_pooling(blocks, inputs, torch.ones(6, 64), image_index)
+    torch.testing.assert_close(visual.ln_post(everything) @ visual.proj, backbone.clip.encode_image(pixels)[image_index],
+                               atol=1e-5, rtol=1e-5)
+    maps = torch.rand(6, 64)
+    pooled = masked_attention_pooling(blocks, inputs, maps, image_index)
+    for row, (image, activation) in enumerate(zip(image_index, maps)):
+        cls = inputs[0][image, :1]
+        for block, x in zip(blocks, inputs):
+            keys = block.ln_1(torch.cat([cls, x[image, 1:]]))[None]
+            mask = torch.cat([torch.zeros(1), activation.log()])[None]
+            cls = cls + block.attn(block.ln_1(cls)[None], keys, keys, need_weights=False, attn_mask=mask)[0][0]
+            cls = cls + block.mlp(block.ln_2(cls))
+        torch.testing.assert_close(pooled[row], cls[0], atol=1e-5, rtol=1e-5)
+    text = backbone.encode_text(["cat", "dog", "rug"])
+    out = model(tokens, text, torch.tensor([0, 0, 1]))
+    (out.foreground.sum() - out.background.sum()).backward()
+    assert model.decoder.upsample.weight.grad.abs().sum() > 0
 
 
 def test_trainable_parameters_are_film_decoder_projector_only(tiny_model):

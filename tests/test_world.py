@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from synseg.cli import main as synseg
-from synseg.synthetic.experiment import SHIPPED_CLIP, WorldConfig, run_experiment
+from synseg.synthetic.experiment import DEFAULT_ROW, SHIPPED_CLIP, WorldConfig, run_experiment
 
 
 def test_shipped_world_clip_lets_the_baseline_beat_chance(tmp_path):
@@ -19,11 +19,13 @@ def test_shipped_world_clip_lets_the_baseline_beat_chance(tmp_path):
 
 
 def test_quick_world_learns_to_segment_from_captions(tmp_path):
-    """`synseg world --quick`: captions -> phrases -> train -> eval, and the caption-trained decoder segments above
-    chance (untrained or stuck on L1's plateau it scores about 5 on stuff; docs/world.md)."""
+    """`synseg world --quick`: captions -> phrases -> train -> eval. The default recipe reads things above chance and
+    stuff above MaskCLIP in every seed measured (docs/world.md, the quick test); its margin over MaskCLIP on things is
+    not asserted: at the quick run's 300 iterations one seed of three is level with it."""
     assert synseg(["world", "--quick", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
-    trained, chance = rows["L1 only (synseg train's default recipe)"], rows["Chance (uniform random labels)"]
-    assert trained["stuff"][0] > chance["stuff"][0] + 15, rows
-    assert trained["all"][0] > chance["all"][0] + 2, rows
-    assert "MaskCLIP (training-free)" in rows
+    trained = rows[DEFAULT_ROW]
+    maskclip, chance = rows["MaskCLIP (training-free)"], rows["Chance (uniform random labels)"]
+    assert trained["seen"][0] > chance["seen"][0] + 5, rows
+    assert trained["stuff"][0] > maskclip["stuff"][0] + 5, rows
+    assert trained["all"][0] > maskclip["all"][0], rows

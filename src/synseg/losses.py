@@ -9,6 +9,7 @@ import torch.nn.functional as F
 TERMS = ("intra_align", "intra_separate", "inter_background", "inter_foreground")
 SIMILARITIES = ("shifted", "clamped_cos")
 FOREGROUND_GATES = ("none", "text")
+ALIGNMENTS = ("similarity", "softmax")
 
 
 @dataclass
@@ -16,6 +17,9 @@ class LossConfig:
     """Weights of L1..L4 (0 switches a term off, as in the paper's ablation) and the similarity's details."""
 
     intra_align: float = 1.0  # L1: fg_k close to its text t_k
+    # L1 as -log s(fg_k, t_k) (paper); "softmax": cross-entropy of fg_k over the batch's distinct phrases, as CLIP trains
+    align: str = "similarity"
+    logit_scale: float = 50.0  # the softmax's temperature (L1 "softmax" and background_text)
     intra_separate: float = 1.0  # L2: fg_k away from bg_k, only where cos(fg_k, bg_k) > separation_gate
     inter_background: float = 1.0  # L3: backgrounds of the categories of one image close to each other
     inter_foreground: float = 1.0  # L4: foregrounds of different categories of one image apart
@@ -31,10 +35,13 @@ class LossConfig:
     absent_start: int = 0  # iterations of the named terms alone before absent_suppress comes in
     present_boost: float = 0.0  # not in the paper: each named phrase's map must fire somewhere (see present_loss)
     present_tokens: int = 4  # its strongest tokens, whose mean activation is pushed towards 1
+    background_text: float = 0.0  # not in the paper: bg_k must not read as t_k among the batch's phrases (as CLIMS)
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.align not in ALIGNMENTS:
+            raise ValueError(f"align must be one of {ALIGNMENTS}, got {self.align!r}")
         if self.foreground_gate not in FOREGROUND_GATES:
             raise ValueError(f"foreground_gate must be one of {FOREGROUND_GATES}, got {self.foreground_gate!r}")
 
@@ -75,6 +82,17 @@ def per_image_mean(values: torch.Tensor, image: torch.Tensor, mask: torch.Tensor
     if not present.any():
         return values.sum() * 0.0
     return (sums[present] / counts[present]).mean()
+
+
+def phrase_logits(vectors: torch.Tensor, text: torch.Tensor, config: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled cosines [N, C] of unit vectors to the batch's C distinct unit phrase embeddings, and each pair's own
+    phrase's column [N]. Phrases within `absent_text_gate` of a pair's own are left out of its row: a near-synonym
+    ("red stripe" for "red stripes") is no negative."""
+    candidates = torch.unique(text, dim=0)
+    text_cos = text @ candidates.T
+    own = text_cos.argmax(-1)
+    synonyms = (text_cos > config.absent_text_gate) & (F.one_hot(own, len(candidates)) == 0)
+    return (config.logit_scale * vectors @ candidates.T).masked_fill(synonyms, float("-inf")), own
 
 
 def absent_pairs(text: torch.Tensor, image_index: torch.Tensor, config: LossConfig) -> torch.Tensor:
@@ -124,7 +142,17 @@ def mccl_loss(
     everyone = torch.ones_like(image_index, dtype=torch.bool)
     terms: dict[str, torch.Tensor] = {}
     if config.intra_align:
-        terms["intra_align"] = per_image_mean(-torch.log(similarity((fg * t).sum(-1), config)), image_index, everyone, images)
+        if config.align == "softmax":
+            logits, own = phrase_logits(fg, t, config)
+            align = F.cross_entropy(logits, own, reduction="none")
+        else:
+            align = -torch.log(similarity((fg * t).sum(-1), config))
+        terms["intra_align"] = per_image_mean(align, image_index, everyone, images)
+    if config.background_text:
+        logits, own = phrase_logits(bg, t, config)
+        reads_as_own = torch.softmax(logits, dim=-1).gather(1, own[:, None])[:, 0]
+        terms["background_text"] = per_image_mean(-torch.log1p(-reads_as_own.clamp_max(1 - config.eps)), image_index,
+                                                  everyone, images)
     if config.intra_separate:
         cos = (fg * bg).sum(-1)
         gate = cos.detach() > config.separation_gate

@@ -120,8 +120,8 @@ class ClipBackbone(nn.Module):
         self.config.layers = self.layers
         if max(self.layers) >= depth or min(self.layers) < 0:
             raise UserError(f"layers {self.layers} do not exist in a {depth}-block image tower")
-        self._plain_blocks = hasattr(visual, "_embeds") and all(
-            fastpath.is_plain_clip_block(block) for block in visual.transformer.resblocks[: max(self.layers) + 1])
+        self.plain_blocks = hasattr(visual, "_embeds") and all(
+            fastpath.is_plain_clip_block(block) for block in visual.transformer.resblocks)
         self.image_size = int(visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size)
         self.patch_size = int(visual.patch_size[0])
         self.grid = (self.image_size // self.patch_size, self.image_size // self.patch_size)
@@ -148,29 +148,31 @@ class ClipBackbone(nn.Module):
         return (images01 - self.mean) / self.std
 
     @torch.no_grad()
-    def encode_image(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        """Residual-stream tokens [B, 1 + HW, width] (CLS first, before ln_post) after each configured block."""
+    def encode_image(self, pixels: torch.Tensor, layers: tuple[int, ...] | None = None) -> list[torch.Tensor]:
+        """Residual-stream tokens [B, 1 + HW, width] (CLS first, before ln_post) after each of `layers` (default: the
+        configured ones); layer -1 is the embeddings entering block 0."""
+        layers = self.layers if layers is None else tuple(layers)
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        if self._plain_blocks and torch.is_inference_mode_enabled():
-            return self._encode_blocks(pixels)
+        if self.plain_blocks and (torch.is_inference_mode_enabled() or -1 in layers):
+            return self._encode_blocks(pixels, layers)
         out = self.clip.visual.forward_intermediates(
-            pixels, indices=list(self.layers), stop_early=True, intermediates_only=True,
+            pixels, indices=list(layers), stop_early=True, intermediates_only=True,
             output_fmt="NLC", output_extra_tokens=True,
         )
         return [torch.cat([cls, patches], dim=1) for cls, patches in zip(out["image_intermediates_prefix"], out["image_intermediates"])]
 
-    def _encode_blocks(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+    def _encode_blocks(self, pixels: torch.Tensor, layers: tuple[int, ...]) -> list[torch.Tensor]:
         """What forward_intermediates returns, through `fastpath.clip_block`: products on oneDNN for CPU fp32 inference,
         fused attention, and no nn.MultiheadAttention (whose CPU-autocast path copies its weight once per token)."""
         visual = self.clip.visual
         x = visual._embeds(pixels)  # patch, class and position embeddings, ln_pre
-        tokens = []
-        for index, block in enumerate(visual.transformer.resblocks[: max(self.layers) + 1]):
+        tokens = {-1: x} if -1 in layers else {}
+        for index, block in enumerate(visual.transformer.resblocks[: max(layers) + 1]):
             x = fastpath.clip_block(block, x)
-            if index in self.layers:
-                tokens.append(x)
-        return tokens
+            if index in layers:
+                tokens[index] = x
+        return [tokens[index] for index in layers]
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

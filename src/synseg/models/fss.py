@@ -28,6 +28,52 @@ def synergy_vectors(
     return pooled[:, 0], pooled[:, 1]
 
 
+def masked_attention_pooling(
+    blocks: nn.ModuleList, block_inputs: list[torch.Tensor], maps: torch.Tensor, image_index: torch.Tensor,
+) -> torch.Tensor:
+    """CLIP's own class-token path with the activation maps as its attention masks: maps [M, HW] of images
+    `image_index` [M] -> [M, width] class tokens after the last block (before ln_post).
+
+    In every block the class token of pair m attends to itself and to its image's patch tokens, each patch's logit
+    shifted by log A_m (a soft mask: A = 0 hides a patch, A = 1 leaves CLIP's attention as it was, and then the result
+    is CLIP's image embedding); the patch tokens are CLIP's own (`block_inputs`: [B, 1 + HW, width] entering each
+    block), computed once per image. So fg_k is what CLIP says of the region A_k covers, and the gradient reaches A
+    through the attention. The M queries are laid out per image ([B, Q] slots), so no image's keys are copied per pair.
+    """
+    images = block_inputs[0].shape[0]
+    order = torch.argsort(image_index, stable=True)
+    counts = torch.bincount(image_index, minlength=images)
+    starts = counts.cumsum(0) - counts
+    slot = torch.empty_like(image_index)
+    slot[order] = torch.arange(len(image_index), device=image_index.device) - starts[image_index[order]]
+    slots = int(counts.max())
+    bias = maps.new_zeros(images, slots, maps.shape[-1]).index_put((image_index, slot), torch.log(maps.clamp_min(1e-6)))
+    cls = block_inputs[0][image_index, 0]
+    for block, x in zip(blocks, block_inputs):
+        attention = block.attn
+        heads = attention.num_heads
+        w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
+        patches = block.ln_1(x[:, 1:])
+        keys = F.linear(patches, w_k, b_k).unflatten(-1, (heads, -1)).transpose(1, 2)  # [B, h, HW, d]
+        values = F.linear(patches, w_v, b_v).unflatten(-1, (heads, -1)).transpose(1, 2)
+        own = block.ln_1(cls)
+        query, own_key, own_value = (F.linear(own, w, b).unflatten(-1, (heads, -1)) for w, b in
+                                     ((w_q, b_q), (w_k, b_k), (w_v, b_v)))  # [M, h, d]
+        scale = query.shape[-1] ** -0.5
+        grid = query.new_zeros(images, slots, *query.shape[1:]).index_put((image_index, slot), query)
+        patch_logits = torch.einsum("bqhd,bhtd->bqht", grid, keys) * scale + bias[:, :, None]  # [B, Q, h, HW]
+        logits = torch.cat([(query * own_key).sum(-1, keepdim=True) * scale, patch_logits[image_index, slot]], dim=-1)
+        weights = torch.softmax(logits, dim=-1)  # [M, h, 1 + HW]
+        patch_mix = torch.einsum("bqht,bhtd->bqhd",
+                                 weights.new_zeros(images, slots, *weights.shape[1:-1], weights.shape[-1] - 1)
+                                 .index_put((image_index, slot), weights[..., 1:]), values)[image_index, slot]
+        mixed = weights[..., :1] * own_value + patch_mix  # [M, h, d]
+        cls = cls + block.ls_1(attention.out_proj(mixed.flatten(1)))
+        cls = cls + block.ls_2(block.mlp(block.ln_2(cls)))
+    return cls
+
+
 class Projector(nn.Module):
     """Maps decoder-space synergy vectors into CLIP's joint space so they can meet the text embeddings."""
 

@@ -9,7 +9,8 @@ from torch import nn
 
 from synseg.models.backbone import BackboneConfig, ClipBackbone
 from synseg.models.decoder import DecoderConfig, DecoderOutput, SegDecoder
-from synseg.models.fss import POOL_DIVISORS, Projector, synergy_vectors, token_activations
+from synseg.errors import UserError
+from synseg.models.fss import POOL_DIVISORS, Projector, masked_attention_pooling, synergy_vectors, token_activations
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
@@ -21,7 +22,7 @@ DEFAULT_TEMPLATES = (
     "there is a {} in the scene.",
     "a photo of the {} in the scene.",
 )
-POOL_SOURCES = ("conditional", "unconditional", "backbone")
+POOL_SOURCES = ("conditional", "unconditional", "backbone", "attention")
 DECODE_CHUNK_BYTES = 12 << 20  # CPU inference: (view, class) pairs per decoder call sized so FFN activations fit in cache
 
 
@@ -33,7 +34,9 @@ class SynSegConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     background_threshold: float = 0.4
-    pool_source: str = "conditional"  # FSS pools Z_k (paper); "unconditional" decoder features; "backbone" frozen CLIP tokens
+    # FSS pools Z_k (paper); "unconditional" decoder features; "backbone" frozen CLIP tokens; "attention": CLIP's own
+    # class-token path with each map as its attention mask (models/fss.py), in CLIP's joint space without a projector
+    pool_source: str = "conditional"
     pool_divisor: str = "activation"  # fg = A^T Z / sum A (paper); "tokens" divides by HW as CCAM does
 
 
@@ -56,8 +59,16 @@ class SynSeg(nn.Module):
         self.decoder = SegDecoder(
             config.decoder, backbone.width, backbone.embed_dim, len(backbone.layers), backbone.grid, backbone.patch_size
         )
-        pooled_dim = backbone.width if config.pool_source == "backbone" else config.decoder.reduce_dim
-        self.projector = Projector(pooled_dim, backbone.embed_dim, config.decoder.projector_hidden)
+        depth = len(backbone.clip.visual.transformer.resblocks)
+        if config.pool_source == "attention":
+            if not backbone.plain_blocks or getattr(backbone.clip.visual, "proj", None) is None:
+                raise UserError(f"pool_source 'attention' needs a plain open_clip ViT with a projection; backbone "
+                                f"'{backbone.config.name}' is not one")
+            self.feature_layers = tuple(sorted(set(backbone.layers) | set(range(-1, depth - 1))))
+        else:
+            pooled_dim = backbone.width if config.pool_source == "backbone" else config.decoder.reduce_dim
+            self.projector = Projector(pooled_dim, backbone.embed_dim, config.decoder.projector_hidden)
+            self.feature_layers = tuple(backbone.layers)
 
     @property
     def background_threshold(self) -> float:
@@ -75,12 +86,22 @@ class SynSeg(nn.Module):
     def forward(
         self, layer_tokens: list[torch.Tensor], text: torch.Tensor, image_index: torch.Tensor, pooled: int | None = None
     ) -> SynergyOutput:
-        """Training pass: activation maps of every pair, plus the FSS fg/bg vectors, projected into CLIP space, of the
-        first `pooled` pairs (default all; pairs the loss only reads maps of need no pooling)."""
+        """Training pass on the tokens of `feature_layers`: activation maps of every pair, plus the FSS fg/bg vectors,
+        in CLIP space, of the first `pooled` pairs (default all; pairs the loss only reads maps of need no pooling)."""
+        by_layer = dict(zip(self.feature_layers, layer_tokens))
+        layer_tokens = [by_layer[layer] for layer in self.backbone.layers]
         reduced = self.decoder.reduce(layer_tokens)
         tokens = self.decoder(reduced, image_index, text)
         logits = self.decoder.to_logits(tokens)
         pooled_index = image_index[:pooled]
+        if self.config.pool_source == "attention":
+            visual = self.backbone.clip.visual
+            activations = token_activations(logits[:pooled], self.backbone.patch_size)
+            block_inputs = [by_layer[layer] for layer in range(-1, len(visual.transformer.resblocks) - 1)]
+            both = masked_attention_pooling(visual.transformer.resblocks, block_inputs,
+                                            torch.cat([activations, 1.0 - activations]), pooled_index.repeat(2))
+            fg, bg = (visual.ln_post(both) @ visual.proj).chunk(2)
+            return SynergyOutput(logits, fg, bg)
         if self.config.pool_source == "backbone":
             features = layer_tokens[-1][:, 1:][pooled_index]
         elif self.config.pool_source == "unconditional":

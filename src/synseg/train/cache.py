@@ -14,13 +14,14 @@ from synseg.models.backbone import ClipBackbone
 
 
 class FeatureCache:
-    """One file per image under DIR/xx/; DIR/meta.json names the backbone, so a cache is never read for another."""
+    """One file per image under DIR/xx/ holding the tokens of every block asked of it so far (a run that needs more
+    blocks than the cache holds adds them); DIR/meta.json names the backbone, so a cache is never read for another."""
 
-    def __init__(self, root: str | Path, backbone: ClipBackbone, templates: tuple[str, ...]) -> None:
+    def __init__(self, root: str | Path, backbone: ClipBackbone, templates: tuple[str, ...], layers: tuple[int, ...]) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         meta = {"backbone": backbone.config.name, "pretrained": backbone.config.pretrained,
-                "layers": list(backbone.layers), "image_size": backbone.image_size}
+                "image_size": backbone.image_size}
         meta_path = self.root / "meta.json"
         if meta_path.exists():
             found = json.loads(meta_path.read_text())
@@ -30,6 +31,7 @@ class FeatureCache:
             with atomic_path(meta_path) as tmp:
                 tmp.write_text(json.dumps(meta))
         self.backbone = backbone
+        self.layers = tuple(layers)
         self.hits = self.misses = 0
         self.templates = tuple(templates)
         self.text_path = self.root / f"text-{hashlib.sha1(repr(self.templates).encode()).hexdigest()[:12]}.safetensors"
@@ -56,24 +58,19 @@ class FeatureCache:
         return self.root / digest[:2] / f"{digest}.safetensors"
 
     def encode(self, pixels: torch.Tensor, keys: list[str]) -> list[torch.Tensor]:
-        """Layer tokens for a batch: read where cached, else computed by the backbone and stored."""
+        """Tokens of `layers` for a batch: read where cached, else computed by the backbone and stored."""
+        names = [f"block{layer}" for layer in self.layers]
         found = [self.path(k) for k in keys]
-        have = [p.exists() for p in found]
-        tokens: list[list[torch.Tensor] | None] = [None] * len(keys)
-        todo = [i for i, h in enumerate(have) if not h]
+        stored = [load_file(str(path)) if path.exists() else {} for path in found]
+        todo = [i for i, held in enumerate(stored) if not all(name in held for name in names)]
         if todo:
-            fresh = self.backbone.encode_image(pixels[todo])
+            fresh = self.backbone.encode_image(pixels[todo], self.layers)
             for row, i in enumerate(todo):
-                layers = [layer[row].half().contiguous().cpu() for layer in fresh]
+                stored[i].update({name: layer[row].half().contiguous().cpu() for name, layer in zip(names, fresh)})
                 found[i].parent.mkdir(exist_ok=True)
                 with atomic_path(found[i]) as tmp:
-                    save_file({f"layer{j}": t for j, t in enumerate(layers)}, str(tmp))
-                tokens[i] = [t.float() for t in layers]
-        for i, h in enumerate(have):
-            if h:
-                stored = load_file(str(found[i]))
-                tokens[i] = [stored[f"layer{j}"].float() for j in range(len(stored))]
-        self.hits += sum(have)
+                    save_file(stored[i], str(tmp))
+        self.hits += len(keys) - len(todo)
         self.misses += len(todo)
         device = self.backbone.device
-        return [torch.stack([t[j] for t in tokens]).to(device) for j in range(len(tokens[0]))]
+        return [torch.stack([held[name] for held in stored]).float().to(device) for name in names]

@@ -84,7 +84,7 @@ class Trainer:
         )
         dataset = CaptionPhraseDataset(phrases, data, data_config, rank=self.dist.rank, world_size=self.dist.world)
         self.data = PhraseLoader(dataset, pin_memory=device.type == "cuda")
-        self.cache = FeatureCache(cache, self.model.backbone, config.phrase_templates) if cache else None
+        self.cache = FeatureCache(cache, self.model.backbone, config.phrase_templates, self.model.feature_layers) if cache else None
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
@@ -138,7 +138,7 @@ class Trainer:
         pixels = self.model.backbone.normalize(images.to(self.device, non_blocking=True))
         if self.cache is not None:
             return self.cache.encode(pixels, keys)
-        return self.model.backbone.encode_image(pixels)
+        return self.model.backbone.encode_image(pixels, self.model.feature_layers)
 
     def text(self, phrases: list[str]) -> torch.Tensor:
         if self.cache is not None:
