@@ -62,3 +62,22 @@ def test_bad_labels_are_shown_as_one_message(client):
     scene, _ = client.predict(api_name="/scene")
     with pytest.raises(AppError, match="duplicate label"):
         client.predict(handle_file(scene["path"]), "grass, grass", "SynSeg", 1, False, 0.4, api_name="/segment")
+
+
+def test_browser_script_segments_a_scene_and_saves_a_screenshot(client, tmp_path):
+    """scripts/app_screenshot.py in headless Chromium against the page already served (Debian's chromium)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("playwright", reason="the browser test needs playwright: pip install 'synseg[browser]'")
+    if not os.access("/usr/bin/chromium", os.X_OK):
+        pytest.skip("the browser test needs Debian's Chromium at /usr/bin/chromium (apt install chromium)")
+    script = Path(__file__).parents[1] / "scripts" / "app_screenshot.py"
+    out = tmp_path / "app.png"
+    done = subprocess.run([sys.executable, str(script), "--out", str(out), "--url", client.src, "--timeout", "90"],
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "overlay with its legend" in done.stdout
+    assert Image.open(out).size[0] == 1400  # the viewport's width; the full page is taller

@@ -12,7 +12,7 @@ from PIL import Image
 
 from synseg.errors import UserError
 from synseg.predictor import Segmenter, parse_labels
-from synseg.render import label_map_image, overlay
+from synseg.render import enlarge, label_map_image, overlay
 
 
 @dataclass
@@ -31,7 +31,7 @@ class AppSetup:
 def heat_map_image(activation: np.ndarray) -> Image.Image:
     from matplotlib import colormaps
 
-    return Image.fromarray((colormaps["jet"](np.clip(activation, 0, 1))[..., :3] * 255).astype(np.uint8))
+    return enlarge(Image.fromarray((colormaps["jet"](np.clip(activation, 0, 1))[..., :3] * 255).astype(np.uint8)))
 
 
 def segment_image(setup: AppSetup, image: Image.Image | None, labels: str, method: str, views: int, background: bool,
@@ -63,7 +63,8 @@ def world_scene(seed: int, size: int) -> tuple[Image.Image, str]:
 
 
 def build_app(setup: AppSetup):
-    """The gradio Blocks; `segment` is its API endpoint (what gradio's client and the browser test call)."""
+    """The gradio Blocks; `segment` is its API endpoint (what gradio's client calls). The elem_ids are what
+    scripts/app_screenshot.py finds in the browser."""
     import gradio as gr
 
     def run(image, labels, method, views, background, threshold):
@@ -77,7 +78,7 @@ def build_app(setup: AppSetup):
         gr.Markdown(f"## synseg: open-vocabulary segmentation\nModel: {setup.title}. Type any labels, comma-separated.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", label="image", sources=["upload", "clipboard"])
+                image = gr.Image(type="pil", label="image", sources=["upload", "clipboard"], elem_id="synseg-image")
                 labels = gr.Textbox(value=setup.labels, label="labels (comma-separated)")
                 method = gr.Dropdown(list(setup.segmenters), value=next(iter(setup.segmenters)), label="method")
                 with gr.Accordion("settings", open=False):
@@ -86,13 +87,13 @@ def build_app(setup: AppSetup):
                     threshold = gr.Slider(0.0, 1.0, value=setup.threshold, step=0.01, label="background threshold")
                 with gr.Row():
                     if setup.scene_size:
-                        scene = gr.Button("new generated scene")
+                        scene = gr.Button("new generated scene", elem_id="synseg-scene")
                         seed = gr.State(20_000)
-                    go = gr.Button("segment", variant="primary")
+                    go = gr.Button("segment", variant="primary", elem_id="synseg-segment")
                 if setup.examples:
-                    gr.Examples([[str(p)] for p in setup.examples], inputs=[image])
+                    gr.Examples([[str(p)] for p in setup.examples], inputs=[image], elem_id="synseg-examples")
             with gr.Column():
-                shown = gr.Image(type="pil", label="overlay", format="png")
+                shown = gr.Image(type="pil", label="overlay", format="png", elem_id="synseg-overlay")
                 heat = gr.Gallery(label="heat maps", columns=4, height="auto")
                 files = gr.File(label="label map (PNG of class indices) and its class names", file_count="multiple")
         go.click(run, [image, labels, method, views, background, threshold], [shown, heat, files], api_name="segment")

@@ -26,10 +26,27 @@ def label_map_image(label_map: np.ndarray) -> Image.Image:
     return image
 
 
+SHOWN = 384  # longer side under which a picture is enlarged for showing
+
+
+def enlargement(width: int, height: int) -> int:
+    """The whole factor that brings a small picture (a 64-px generated scene) to about SHOWN px; 1 for photos."""
+    return max(1, -(-SHOWN // max(width, height)))
+
+
+def enlarge(image: Image.Image) -> Image.Image:
+    """Small pictures enlarged by a whole factor with nearest neighbours, so each pixel stays a sharp square."""
+    factor = enlargement(*image.size)
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST) if factor > 1 else image
+
+
 def overlay(image: Image.Image, label_map: np.ndarray, names: list[str], alpha: float = 0.5) -> Image.Image:
-    """Colours blended over the photo, and a legend of the names present, right of it."""
+    """Colours blended over the photo, and a legend of the names present, right of it. A small image is enlarged
+    first (`enlarge`), else the legend's text would dwarf it."""
     colours = palette()
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    factor = enlargement(*image.size)
+    rgb = np.asarray(enlarge(image.convert("RGB")), dtype=np.float32)
+    label_map = label_map.repeat(factor, axis=0).repeat(factor, axis=1)
     blended = (1 - alpha) * rgb + alpha * colours[label_map].astype(np.float32)
     picture = Image.fromarray(blended.clip(0, 255).astype(np.uint8))
     present = [i for i in range(len(names)) if (label_map == i).any()] or list(range(len(names)))
