@@ -220,8 +220,9 @@ def test_maskclip_and_checkpoint_run_on_real_samples(real_data, tiny_model, tmp_
     save_model(tiny_model, tmp_path / "ckpt")
     code, out, _ = run_eval(capsys, "--benchmark", "ade,voc", "--root", str(real_data), "--checkpoint",
                             str(tmp_path / "ckpt"), "--method", "synseg,maskclip", "--limit", "1",
-                            "--json", str(tmp_path / "r.json"))
+                            "--json", str(tmp_path / "r.json"), "--card")
     assert code == 0
+    assert (tmp_path / "ckpt" / "README.md").read_text().endswith(out)  # the table, in the model card
     lines = out.splitlines()
     assert lines[0] == "| Method | VOC | ADE | Avg. |"
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| SynSeg", "| MaskCLIP"]

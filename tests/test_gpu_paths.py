@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from synseg import distributed
 from synseg.errors import UserError
 from synseg.models.fss import synergy_vectors, token_activations, token_log_inactivity
 from synseg.train import trainer
@@ -20,12 +21,12 @@ def test_each_torchrun_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     monkeypatch.setenv("LOCAL_RANK", "2")
-    assert trainer.place(torch.device("cuda")) == torch.device("cuda", 2)
-    assert trainer.place(torch.device("cuda", 3)) == torch.device("cuda", 3)  # named explicitly: kept
+    assert distributed.place(torch.device("cuda")) == torch.device("cuda", 2)
+    assert distributed.place(torch.device("cuda", 3)) == torch.device("cuda", 3)  # named explicitly: kept
     assert chosen == [torch.device("cuda", 2), torch.device("cuda", 3)]
     with pytest.raises(UserError, match="sees 4 GPU"):
-        trainer.place(torch.device("cuda", 5))
-    assert trainer.place(torch.device("cpu")) == torch.device("cpu") and len(chosen) == 2
+        distributed.place(torch.device("cuda", 5))
+    assert distributed.place(torch.device("cpu")) == torch.device("cpu") and len(chosen) == 2
 
 
 def test_label_embeddings_follow_the_model_to_another_device():
@@ -70,7 +71,7 @@ def _skip_together(rank: int, port: int, results) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    results[rank] = (trainer.every_rank(rank == 0, torch.device("cpu")), trainer.every_rank(True, torch.device("cpu")))
+    results[rank] = (distributed.every_rank(rank == 0, torch.device("cpu")), distributed.every_rank(True, torch.device("cpu")))
     dist.destroy_process_group()
 
 
@@ -82,7 +83,7 @@ def test_a_rank_without_a_usable_batch_makes_every_rank_skip():
     results = manager.dict()
     torch.multiprocessing.spawn(_skip_together, args=(port, results), nprocs=2)
     assert dict(results) == {0: (False, True), 1: (False, True)}
-    assert trainer.every_rank(False, torch.device("cpu")) is False  # a plain run: its own answer
+    assert distributed.every_rank(False, torch.device("cpu")) is False  # a plain run: its own answer
 
 
 def test_under_bf16_autocast_logits_pooling_and_absent_term_stay_fp32(tiny_model):

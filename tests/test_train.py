@@ -56,6 +56,8 @@ def test_loss_falls_and_segment_loads_the_result(captions, tmp_path):
     assert {"intra_align", "intra_separate", "inter_background", "inter_foreground", "lr", "samples_per_s"} <= set(log[0])
     first, last = sum(r["total"] for r in log[:4]) / 4, sum(r["total"] for r in log[-4:]) / 4
     assert last < 0.8 * first, (first, last)
+    card = (out / "final" / "README.md").read_text()
+    assert "library_name: synseg" in card and "`synseg-tiny`" in card and f"`{data}`: 24 iterations" in card
     image = sorted((data / "images").glob("*.jpg"))[0]
     result = subprocess.run([sys.executable, "-m", "synseg.cli", "segment", str(image), "--labels", "person, table",
                              "--checkpoint", str(out / "final"), "--out", str(tmp_path / "masks"), "--views", "1"],
@@ -99,7 +101,8 @@ def assert_same_final_weights(a: Path, b: Path) -> None:
 
 
 def test_killed_run_resumes_to_the_same_weights(captions, tmp_path):
-    """With a data loader worker process: starting it must not draw from the RNG the checkpoint restores."""
+    """The default recipe (its absent term draws random phrases) with a data loader worker process: starting the
+    worker must not draw from the RNG the checkpoint restores."""
     data, phrases = captions
     config = config_file(tmp_path, iterations=10, checkpoint_every=2, workers=1)
     straight = tmp_path / "straight"

@@ -1,13 +1,16 @@
 """Checkpoints users load: a folder with `model.safetensors` (trainable weights only) and `config.json`. Nothing is unpickled."""
 from __future__ import annotations
 
+import functools
 import os
+import re
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from synseg.card import CARD
 from synseg.config import from_dict, read_json, to_dict, write_json
 from synseg.errors import UserError
 from synseg.io import staged_dir
@@ -17,8 +20,37 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
+# A Hugging Face hub model id, optionally pinned: org/name or org/name@revision (branch, tag or commit).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+@functools.cache
+def from_hub(hub_id: str) -> Path:
+    """The checkpoint files of a hub model, through huggingface_hub's cache (HF_HUB_OFFLINE=1: the cache alone)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    repo_id, _, revision = hub_id.partition("@")
+    local = f"pass a local checkpoint folder instead (--checkpoint PATH, holding {CONFIG} and {WEIGHTS})"
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=[CONFIG, WEIGHTS, CARD]))
+    except LocalEntryNotFoundError:
+        raise UserError(f"{hub_id} is neither a local folder nor in the Hugging Face cache, and the hub cannot be reached "
+                        f"(no network, or HF_HUB_OFFLINE set): download it where there is network "
+                        f"(hf download {repo_id}) or {local}") from None
+    except RevisionNotFoundError:
+        raise UserError(f"{repo_id} has no revision '{revision}' on the Hugging Face hub") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"checkpoint not found: {hub_id} is neither a local folder nor a model on the Hugging Face hub "
+                        "(a private one needs `hf auth login`)") from None
+    except HfHubHTTPError as error:
+        raise UserError(f"the Hugging Face hub refused {hub_id} ({error.__class__.__name__}); {local}") from None
+
+
 def checkpoint_dir(path: str | os.PathLike) -> Path:
-    """Accept the folder or the weights file inside it."""
+    """Accept the folder, the weights file inside it, or a hub id `org/name[@revision]` (when no such path exists)."""
+    if not Path(path).exists() and HUB_ID.match(str(path)):
+        path = from_hub(str(path))
     path = Path(path)
     folder = path.parent if path.name == WEIGHTS else path
     if not folder.exists():
@@ -40,10 +72,12 @@ def write_checkpoint_files(model: SynSeg, folder: Path) -> None:
     write_json(to_dict(model.config), folder / CONFIG)
 
 
-def save_model(model: SynSeg, path: str | os.PathLike) -> Path:
-    """Write a checkpoint folder atomically: built beside the target, then swapped into place."""
+def save_model(model: SynSeg, path: str | os.PathLike, card: str | None = None) -> Path:
+    """Write a checkpoint folder atomically: built beside the target, then swapped into place; with its model card."""
     with staged_dir(path) as staging:
         write_checkpoint_files(model, staging)
+        if card is not None:
+            (staging / CARD).write_text(card, encoding="utf-8")
     return Path(path)
 
 

@@ -10,8 +10,10 @@ from synseg.errors import UserError
 COMMANDS = {
     "demo": "Segment generated scenes with the small model shipped inside synseg: figure and mIoU, no download.",
     "segment": "Segment images with any list of words.",
+    "app": "A local web page to segment an image with any labels (gradio); no checkpoint: the shipped world model.",
     "info": "Print parameter counts of a model or checkpoint.",
     "train": "Train SynSeg from images and their noun phrases (one GPU, many with torchrun, or CPU).",
+    "prepare": "Turn a benchmark's official downloads into the layout `synseg eval` reads.",
     "eval": "mIoU on the standard benchmarks (VOC, Context, Object, Stuff, City, ADE) for any method.",
     "world": "Run the whole method in the synthetic world: SynSeg vs ablations, MaskCLIP, supervised, chance.",
     "phrases": "Extract the noun phrases of training captions (spaCy) into PHRASES.jsonl.",

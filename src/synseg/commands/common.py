@@ -14,7 +14,8 @@ from synseg.predictor import PRECISIONS
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--checkpoint", help="a trained synseg checkpoint folder (or its model.safetensors)")
+    group.add_argument("--checkpoint", help="a trained synseg checkpoint: its folder (or model.safetensors), or a "
+                       "Hugging Face hub id org/name[@revision]")
     group.add_argument("--backbone", help="open_clip model name or architecture .json (default: the checkpoint's, else ViT-B-16)")
     group.add_argument("--pretrained", help="open_clip pretrained tag, a local CLIP weights file, or 'none' for random weights")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -26,6 +27,8 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto`: the GPU, else the CPU. Under torchrun, `synseg.distributed.place` makes cuda:LOCAL_RANK the current
+    GPU, the one that `cuda` then names."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -7,9 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from synseg.card import write_evaluation
 from synseg.commands.common import (add_method_arguments, add_model_arguments, add_precision_argument, build_predictors,
-                                   protocols_from)
+                                   protocols_from, resolve_device)
 from synseg.data.benchmarks import BENCHMARKS, Benchmark, benchmark_class, get_benchmark
+from synseg.distributed import init_distributed
 from synseg.errors import UserError
 from synseg.eval.evaluator import (EvalResult, PredictionFolder, evaluate, evaluate_many, markdown_table,
                                    segmenter_predict, split)
@@ -39,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a class of its own as in SCLIP's files; repeat NAME=FILE for several benchmarks")
     parser.add_argument("--limit", type=int, metavar="N", help="score only the first N images of each split")
     parser.add_argument("--json", metavar="FILE", help="also write mIoU, pixel accuracy and per-class IoU here")
+    parser.add_argument("--card", action="store_true",
+                        help="write the table into the --checkpoint folder's model card (README.md)")
     parser.add_argument("--list-classes", action="store_true",
                         help="print each benchmark's class indices and names (the order --predictions uses) and exit")
 
@@ -92,6 +96,8 @@ def check_arguments(args: argparse.Namespace) -> list:
             raise UserError("--method synseg needs --checkpoint (or score saved label maps with --predictions)")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold must be within [0, 1], got {args.threshold}")
+    if args.card and not (args.checkpoint and Path(args.checkpoint).is_dir()):
+        raise UserError("--card writes into a local --checkpoint folder's README.md; none was given")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     return methods
@@ -129,12 +135,23 @@ def prediction_folders(folder: Path, benchmarks: dict[str, Benchmark], limit: in
     return folders
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The scoring options of this run, as a command to put beside its figures."""
+    words = ["synseg eval", f"--benchmark {args.benchmark}", "--root DATA", f"--checkpoint {Path(args.checkpoint).name}"]
+    for option in ("method", "views", "threshold", "limit", "backbone", "pretrained"):
+        value = getattr(args, option)
+        if value is not None:
+            words.append(f"--{option} {value}")
+    return " ".join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     names = split_list(args.benchmark, "benchmark", BENCHMARKS)
     if args.list_classes:
         list_classes(names, args.root)
         return 0
     methods = check_arguments(args)
+    ranks = init_distributed(resolve_device(args.device))  # world 1 unless started by torchrun
     roots = roots_by_benchmark(args.root, names)
     benchmarks = {name: get_benchmark(name, roots[name]) for name in names}
     if args.json:
@@ -148,8 +165,12 @@ def run(args: argparse.Namespace) -> int:
             results.append(evaluate(benchmark, folders[name], row, args.limit))
     else:
         results = run_methods(args, methods, benchmarks)
+    if not ranks.main:
+        return 0
     table = markdown_table(results)
     print(table)
+    if args.card:
+        print(f"wrote {write_evaluation(Path(args.checkpoint), table, command_line(args))}", file=sys.stderr)
     if args.json:
         settings = {key: getattr(args, key) for key in ("checkpoint", "predictions", "backbone", "pretrained", "precision",
                                                         "threshold", "limit", "pamr", "class_names")}

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from synseg.data.benchmarks import BENCHMARKS, Benchmark, Sample
 from synseg.data.benchmarks.base import read_index_png
+from synseg.distributed import current, sum_over_ranks
 from synseg.errors import UserError
 from synseg.eval.metric import ConfusionMatrix, check_indices
 from synseg.io import image_tensor, load_image
@@ -66,13 +67,19 @@ def evaluate(benchmark: Benchmark, predict: Predict, method: str, limit: int | N
 def evaluate_many(benchmark: Benchmark, predicts: dict[tuple[str, str], Predict], limit: int | None = None,
                   progress: bool = True) -> list[EvalResult]:
     """Score several (method, protocol) rows in one pass: each label (and, through `sample_pixels`, each image) is
-    read once per sample for all of them."""
+    read once per sample for all of them.
+
+    Under torchrun each process scores every world-th image and the integer confusion matrices are summed over the
+    processes, so the result equals one process's exactly; the bar shows the first process's share.
+    """
     samples = split(benchmark, limit)
+    ranks = current()
     matrices = {row: ConfusionMatrix(benchmark.num_classes(), benchmark.ignore_index) for row in predicts}
+    mine = samples[ranks.rank :: ranks.world]
     desc = f"{benchmark.title} [{', '.join(dict.fromkeys(method for method, _ in predicts))}]"
     # The bar is closed (its line ended) before any error message is printed below it.
-    with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:
-        for sample in samples:
+    with tqdm(total=len(mine), desc=desc, unit="img", disable=not progress or not ranks.main) as bar:
+        for sample in mine:
             truth = benchmark.read_label(sample.label_path)
             for row, predict in predicts.items():
                 prediction = predict(sample, truth.shape)
@@ -81,6 +88,8 @@ def evaluate_many(benchmark: Benchmark, predicts: dict[tuple[str, str], Predict]
                 except ValueError as error:
                     raise UserError(f"{benchmark.name} image {sample.stem} ({sample.label_path}): {error}") from None
             bar.update()
+    for matrix in matrices.values():
+        matrix.matrix = sum_over_ranks(matrix.matrix)
     return [EvalResult(method, benchmark.name, benchmark.title, benchmark.class_names(), len(samples),
                        tuple(float(v) for v in matrix.iou()), matrix.miou(), matrix.pixel_accuracy(), protocol)
             for (method, protocol), matrix in matrices.items()]

@@ -88,7 +88,7 @@ class WorldConfig:
 
 QUICK = {"train_scenes": 600, "test_scenes": 80, "seeds": (0,),
          "variants": ("L1 only (synseg train's default recipe)", "MaskCLIP (training-free)", "Chance (uniform random labels)"),
-         "train": {**TRAIN, "iterations": 400, "loss": {**TRAIN["loss"], "absent_start": 150}}}
+         "train": {**TRAIN, "iterations": 800, "loss": {**TRAIN["loss"], "absent_start": 150}}}
 
 
 def model_config(config: WorldConfig, row: dict | None = None) -> SynSegConfig:

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from synseg.card import model_card
 from synseg.checkpoint import load_weights, save_model, write_checkpoint_files
 from synseg.config import from_dict, read_json, to_dict, write_json
 from synseg.data.datasets import CaptionPhraseDataset, DataConfig, PhraseLoader
+from synseg.distributed import every_rank, init_distributed, place
 from synseg.errors import UserError
 from synseg.io import atomic_path, staged_dir
 from synseg.losses import absent_pairs, mccl_loss
@@ -28,51 +28,6 @@ from synseg.train.cache import FeatureCache
 from synseg.train.config import TrainConfig
 
 LAST, FINAL, STATE = "last", "final", "train_state.pt"
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def place(device: torch.device) -> torch.device:
-    """The GPU this process trains on, made current: under torchrun GPU LOCAL_RANK when none is named. Without
-    set_device every rank would land on GPU 0 (NCCL, `device_ids`, pin-memory threads and plain `cuda` tensors
-    all follow the current device)."""
-    if device.type != "cuda":
-        return device
-    if device.index is None:
-        local = os.environ.get("LOCAL_RANK")
-        device = torch.device("cuda", int(local) if local is not None else torch.cuda.current_device())
-    if device.index >= torch.cuda.device_count():
-        raise UserError(f"{device} asked for, but this process sees {torch.cuda.device_count()} GPU(s)")
-    torch.cuda.set_device(device)
-    return device
-
-
-def init_distributed(device: torch.device) -> Distributed:
-    """torchrun sets WORLD_SIZE/RANK: join the group (NCCL on GPUs, gloo on CPU), also as its only member; a plain
-    run is world 1 without a group."""
-    if "WORLD_SIZE" not in os.environ:
-        return Distributed()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size())
-
-
-def every_rank(flag: bool, device: torch.device) -> bool:
-    """Whether `flag` holds on every rank. A rank whose batch holds no readable image skips its step; the others must
-    skip with it, or they would wait for it in the gradient all-reduce forever."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor([int(flag)], dtype=torch.int32, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -125,6 +80,7 @@ class Trainer:
         self, config: TrainConfig, data: str, phrases: str, out: str | Path, device: torch.device, cache: str | Path | None = None
     ) -> None:
         self.config = config
+        self.source = data
         self.out = Path(out)
         self.device = device = place(device)
         self.dist = init_distributed(device)
@@ -299,7 +255,8 @@ class Trainer:
                 self.save(LAST)
         bar.close()
         if self.dist.main:
-            save_model(self.model, self.out / FINAL)
+            trained = sum(p.numel() for p in self.model.trainable_state_dict().values())
+            save_model(self.model, self.out / FINAL, model_card(self.out.name, config, self.source, trained))
         if self.dist.world > 1:
             dist.barrier()
         return self.model

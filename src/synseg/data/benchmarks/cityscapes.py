@@ -11,10 +11,14 @@ LABEL_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8
 
 
 def _lookup_table() -> np.ndarray:
+    """Indexed by label id: its train id, 255 for the ids not evaluated."""
     table = np.full(65536, IGNORE_INDEX, dtype=np.int64)
     for label_id, train_id in LABEL_TO_TRAIN_ID.items():
         table[label_id] = train_id
     return table
+
+
+TRAIN_IDS = _lookup_table()
 
 
 class Cityscapes(PairedFolders):
@@ -26,9 +30,8 @@ class Cityscapes(PairedFolders):
     image_suffix = "_leftImg8bit.png"
     label_suffix = "_gtFine_labelIds.png"
     layout = "ROOT/cityscapes/{leftImg8bit/val/<city>/*_leftImg8bit.png, gtFine/val/<city>/*_gtFine_labelIds.png}"
-    _table = _lookup_table()
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
-        if raw.min() < 0 or raw.max() >= len(self._table):
-            raise ValueError(f"label ids outside 0..{len(self._table) - 1}")
-        return self._table[raw]
+        if raw.min() < 0 or raw.max() >= len(TRAIN_IDS):
+            raise ValueError(f"label ids outside 0..{len(TRAIN_IDS) - 1}")
+        return TRAIN_IDS[raw]

@@ -1,0 +1,105 @@
+"""The local web page of `synseg app` (gradio): an image and any labels in; the overlay with its legend, each label's
+heat map and the label map to download out, for SynSeg and the training-free methods on the same CLIP."""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from synseg.errors import UserError
+from synseg.predictor import Segmenter, parse_labels
+from synseg.render import label_map_image, overlay
+
+
+@dataclass
+class AppSetup:
+    """What the page offers: one Segmenter per method (shown by its title), and its defaults."""
+
+    title: str
+    segmenters: dict[str, Segmenter]
+    labels: str
+    views: int
+    examples: list[Path] = field(default_factory=list)
+    scene_size: int | None = None  # set when scenes of the synthetic world can be generated on the page
+    threshold: float = 0.4
+
+
+def heat_map_image(activation: np.ndarray) -> Image.Image:
+    from matplotlib import colormaps
+
+    return Image.fromarray((colormaps["jet"](np.clip(activation, 0, 1))[..., :3] * 255).astype(np.uint8))
+
+
+def segment_image(setup: AppSetup, image: Image.Image | None, labels: str, method: str, views: int, background: bool,
+                  threshold: float, folder: Path) -> tuple[Image.Image, list[tuple[Image.Image, str]], list[str]]:
+    """The page's one action: overlay with legend, (heat map, label) pairs, and the files to download."""
+    if image is None:
+        raise UserError("upload or pick an image first")
+    if method not in setup.segmenters:
+        raise UserError(f"unknown method {method!r} (choose from {', '.join(setup.segmenters)})")
+    names = parse_labels(labels)
+    result = setup.segmenters[method].segment(image, names, views=int(views), threshold=threshold, background=background)
+    classes = (["background"] if background else []) + names
+    folder.mkdir(parents=True, exist_ok=True)
+    label_file, names_file = folder / "label_map.png", folder / "label_map.json"
+    label_map_image(result.label_map).save(label_file)
+    names_file.write_text(json.dumps({"classes": classes, "method": method, "views": int(views),
+                                      "threshold": threshold if background else None}, indent=2) + "\n")
+    heat_maps = [(heat_map_image(activation), label) for label, activation in zip(names, result.activations)]
+    return overlay(image, result.label_map, classes), heat_maps, [str(label_file), str(names_file)]
+
+
+def world_scene(seed: int, size: int) -> tuple[Image.Image, str]:
+    """A new generated scene and the world's class names as its labels."""
+    from synseg.synthetic.experiment import WorldConfig
+    from synseg.synthetic.world import CLASSES, make_scene, scene_rng
+
+    scene = make_scene(scene_rng(seed, 0), size, "test", backdrop=WorldConfig.backdrop)
+    return Image.fromarray(scene.image), ", ".join(CLASSES)
+
+
+def build_app(setup: AppSetup):
+    """The gradio Blocks; `segment` is its API endpoint (what gradio's client and the browser test call)."""
+    import gradio as gr
+
+    def run(image, labels, method, views, background, threshold):
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="synseg-app-"))
+            return segment_image(setup, image, labels, method, views, background, threshold, folder)
+        except UserError as error:
+            raise gr.Error(str(error)) from None
+
+    with gr.Blocks(title=f"synseg: {setup.title}") as app:
+        gr.Markdown(f"## synseg: open-vocabulary segmentation\nModel: {setup.title}. Type any labels, comma-separated.")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="pil", label="image", sources=["upload", "clipboard"])
+                labels = gr.Textbox(value=setup.labels, label="labels (comma-separated)")
+                method = gr.Dropdown(list(setup.segmenters), value=next(iter(setup.segmenters)), label="method")
+                with gr.Accordion("settings", open=False):
+                    views = gr.Radio([1, 5], value=setup.views, label="views (5 = whole image + 4 quadrants)")
+                    background = gr.Checkbox(False, label="background class where the best activation is weak")
+                    threshold = gr.Slider(0.0, 1.0, value=setup.threshold, step=0.01, label="background threshold")
+                with gr.Row():
+                    if setup.scene_size:
+                        scene = gr.Button("new generated scene")
+                        seed = gr.State(20_000)
+                    go = gr.Button("segment", variant="primary")
+                if setup.examples:
+                    gr.Examples([[str(p)] for p in setup.examples], inputs=[image])
+            with gr.Column():
+                shown = gr.Image(type="pil", label="overlay", format="png")
+                heat = gr.Gallery(label="heat maps", columns=4, height="auto")
+                files = gr.File(label="label map (PNG of class indices) and its class names", file_count="multiple")
+        go.click(run, [image, labels, method, views, background, threshold], [shown, heat, files], api_name="segment")
+        if setup.scene_size:
+            def new_scene(number: int):
+                picture, names = world_scene(number, setup.scene_size)
+                return picture, names, number + 1
+
+            scene.click(new_scene, [seed], [image, labels, seed], api_name="scene")
+    return app

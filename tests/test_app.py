@@ -1,0 +1,64 @@
+"""`synseg app` through gradio's client: the shipped world model segments a generated scene with no download."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio = pytest.importorskip("gradio")
+
+
+@pytest.fixture(scope="module")
+def client():
+    from gradio_client import Client
+
+    from synseg.app import build_app
+    from synseg.commands.app import setup_from_args
+
+    args = argparse.Namespace(checkpoint=None, backbone=None, pretrained=None, device="cpu")
+    app = build_app(setup_from_args(args))
+    app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        yield Client(app.local_url, verbose=False, download_files=False)
+    finally:
+        app.close()
+
+
+def test_page_offers_synseg_and_the_training_free_methods(client):
+    from synseg.eval.methods import TRAINING_FREE
+
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/segment", "/scene"} <= set(api)
+    choices = api["/segment"]["parameters"][2]["type"]["enum"]
+    assert choices == ["SynSeg"] + [f"{method.title} (training-free)" for method, _ in TRAINING_FREE.values()]
+
+
+def test_generated_scene_segments_with_legend_heat_maps_and_label_map(client, tmp_path):
+    from gradio_client import handle_file
+
+    from synseg.synthetic.world import CLASSES
+
+    scene, labels = client.predict(api_name="/scene")
+    assert labels == ", ".join(CLASSES)
+    overlay, heat_maps, files = client.predict(handle_file(scene["path"]), labels, "SynSeg", 1, True, 0.4,
+                                               api_name="/segment")
+    picture = Image.open(scene["path"])
+    shown = Image.open(overlay["path"])
+    assert shown.height >= picture.height and shown.width > picture.width  # the legend is right of the image
+    assert [caption for caption in (h["caption"] for h in heat_maps)] == list(CLASSES)
+    label_file, names_file = sorted(files, key=lambda f: f["path"].endswith(".json"))
+    label_map = np.asarray(Image.open(label_file["path"]))
+    assert label_map.shape == (picture.height, picture.width) and label_map.max() <= len(CLASSES)
+    assert json.loads(open(names_file["path"]).read())["classes"] == ["background", *CLASSES]
+
+
+def test_bad_labels_are_shown_as_one_message(client):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    scene, _ = client.predict(api_name="/scene")
+    with pytest.raises(AppError, match="duplicate label"):
+        client.predict(handle_file(scene["path"]), "grass, grass", "SynSeg", 1, False, 0.4, api_name="/segment")
