@@ -75,12 +75,15 @@ class CaptionSource:
     """INPUT resolved to its layout: a .tar file, a brace pattern of shards (`shards/{00000..00009}.tar`), a folder
     of .tar files, a folder holding one .jsonl, or a .jsonl file (image paths relative to the jsonl's folder).
 
-    Entries that cannot be read at all (a malformed jsonl line, a truncated tar) are skipped and counted in `stats`.
+    Entries that cannot be read at all are skipped: a malformed jsonl line is counted in `stats`; a tar that is cut
+    short or damaged is read up to the damage and named in `damaged_shards` (how many samples the damage hid is
+    unknowable).
     """
 
     def __init__(self, spec: str | os.PathLike):
         self.spec = str(spec)
         self.stats: Counter[str] = Counter()
+        self.damaged_shards: list[str] = []
         self.shards: list[str] = []
         self.jsonl: Path | None = None
         path = Path(spec)
@@ -142,11 +145,13 @@ class CaptionSource:
         """Samples of one tar shard in stored order; a sample without image or caption comes with None / []."""
         wds = import_webdataset()
 
-        def skip(error: Exception) -> bool:
-            self.stats["unreadable shard data"] += 1
+        name = shard_name(shard)
+
+        def skip(error: Exception) -> bool:  # webdataset reports one read error more than once
+            if name not in self.damaged_shards:
+                self.damaged_shards.append(name)
             return True
 
-        name = shard_name(shard)
         for sample in wds.tarfile_samples([{"url": shard}], handler=skip):
             image = next((sample[ext] for ext in IMAGE_EXTENSIONS if sample.get(ext)), None)
             yield CaptionRecord(sample["__key__"], _tar_captions(sample), image, name)

@@ -337,6 +337,7 @@ class PhraseSummary:
     seconds: float = 0.0
     dropped: Counter[str] = field(default_factory=Counter)
     excluded: Counter[str] = field(default_factory=Counter)
+    damaged_shards: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         rate = self.captions / self.seconds if self.seconds > 0 else 0.0
@@ -347,6 +348,9 @@ class PhraseSummary:
             f"dropped {sum(self.dropped.values())} samples"
             + "".join(f"; {reason}: {count}" for reason, count in self.dropped.most_common()),
         ]
+        if self.damaged_shards:
+            lines.append(f"damaged shards, read up to the damage: {len(self.damaged_shards)} "
+                         f"({', '.join(self.damaged_shards[:5])}{', ...' if len(self.damaged_shards) > 5 else ''})")
         if self.excluded:
             top = ", ".join(f"{entry} {count}" for entry, count in self.excluded.most_common(10))
             lines.append(f"generic phrases dropped: {sum(self.excluded.values())} (most: {top})")
@@ -401,9 +405,12 @@ def write_phrases(
             }
             lines.write(json.dumps(line, ensure_ascii=False) + "\n")
         summary.dropped.update(source.stats)
+        summary.damaged_shards = list(source.damaged_shards)
         if not summary.kept:  # raised inside the block: no empty file is left to look like a result
-            reasons = "; ".join(f"{reason}: {count}" for reason, count in summary.dropped.most_common()) or "none read"
-            raise UserError(f"no sample of {source.spec} gave a noun phrase, nothing written ({reasons})")
+            reasons = [f"{reason}: {count}" for reason, count in summary.dropped.most_common()]
+            reasons += [f"damaged shards: {len(summary.damaged_shards)}"] if summary.damaged_shards else []
+            why = "; ".join(reasons) or "none read"
+            raise UserError(f"no sample of {source.spec} gave a noun phrase, nothing written ({why})")
     summary.seconds = time.perf_counter() - start
     summary.excluded = extractor.excluded - excluded_before
     return summary
