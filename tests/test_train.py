@@ -79,11 +79,16 @@ def test_recipes_lie_under_a_config_file() -> None:
         recipe_config("magic")
 
 
+def one_thread() -> dict[str, str]:
+    """The environment of every run a resume test compares: a matmul's rounding depends on how many threads split it."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def kill_when_logged(command: list[str], run: Path, steps: int) -> None:
     """Start a run in a process group of its own and SIGKILL the whole group (launcher, ranks and their data loader
     workers) once it has logged `steps` steps past a checkpoint."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=one_thread(),
+                               start_new_session=True)
     deadline = time.time() + 300
     while not (run / "last" / "train_state.pt").exists() or _logged_steps(run) < steps:
         assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
@@ -106,13 +111,14 @@ def test_killed_run_resumes_to_the_same_weights(captions, tmp_path):
     data, phrases = captions
     config = config_file(tmp_path, iterations=10, checkpoint_every=2, workers=1)
     straight = tmp_path / "straight"
-    subprocess.run(train_command(data, phrases, straight, config), check=True, capture_output=True)
+    subprocess.run(train_command(data, phrases, straight, config), check=True, capture_output=True, env=one_thread())
 
     killed = tmp_path / "killed"
     kill_when_logged(train_command(data, phrases, killed, config), killed, 5)
     again = subprocess.run(train_command(data, phrases, killed, config), capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr  # never silently restarts over a run
-    subprocess.run(train_command(data, phrases, killed, config, "--resume"), check=True, capture_output=True)
+    resume = train_command(data, phrases, killed, config, "--resume")
+    subprocess.run(resume, check=True, capture_output=True, env=one_thread())
 
     assert_same_final_weights(straight, killed)
     steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
@@ -129,10 +135,10 @@ def test_two_killed_gloo_ranks_resume_to_the_same_weights(captions, tmp_path):
                 "synseg.train", *train_command(data, phrases, out, config, "--device", "cpu", *extra)[4:]]
 
     straight = tmp_path / "straight"
-    subprocess.run(torchrun(straight), check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(torchrun(straight), check=True, capture_output=True, env=one_thread())
     killed = tmp_path / "killed"
     kill_when_logged(torchrun(killed), killed, 3)
-    subprocess.run(torchrun(killed, "--resume"), check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(torchrun(killed, "--resume"), check=True, capture_output=True, env=one_thread())
     assert_same_final_weights(straight, killed)
 
 

@@ -21,7 +21,8 @@ def token_log_inactivity(logits: torch.Tensor, patch_size: int) -> torch.Tensor:
     n, _, height, width = logits.shape
     p = patch_size
     with torch.autocast(logits.device.type, enabled=False):
-        x = logits.float().view(n, height // p, p, width // p, p).permute(0, 1, 3, 2, 4).reshape(n, -1, p * p)
+        tokens = (height // p) * (width // p)  # named, not -1: N is 0 in a batch without absent pairs
+        x = logits.float().view(n, height // p, p, width // p, p).permute(0, 1, 3, 2, 4).reshape(n, tokens, p * p)
         return torch.logsumexp(F.logsigmoid(-x), dim=-1) - math.log(p * p)
 
 
