@@ -1,6 +1,6 @@
 """What only a GPU would show, checked on the CPU: the device each torchrun rank takes, caches that follow the model,
 RNG states of another machine, ranks that must skip a step together, and bf16 autocast's fp32 islands.
-(benchmarks/gpu_check.sh runs the same paths on a real GPU.)"""
+(benchmarks/gpu_check.py runs the same paths on a real GPU.)"""
 from __future__ import annotations
 
 import math
@@ -102,6 +102,7 @@ def test_absent_term_is_exact_and_finite_where_the_map_saturates():
     moderate = torch.randn(2, 1, 8, 8) * 3
     reference = F.binary_cross_entropy(token_activations(moderate, patch), torch.zeros(2, 4), reduction="none")
     assert torch.allclose(-token_log_inactivity(moderate, patch), reference, rtol=1e-5, atol=1e-6)
+    assert token_log_inactivity(moderate[:0], patch).shape == (0, 4)  # a batch without absent pairs
     # a mean activation of 1 - 2^-9 rounds to 1 in bf16; logits of 20 make sigmoid exactly 1 in fp32
     for value in (math.log(2**9 - 1), 20.0, 60.0):
         logits = torch.full((1, 1, 4, 4), value, requires_grad=True)
