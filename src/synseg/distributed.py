@@ -36,9 +36,9 @@ def place(device: torch.device) -> torch.device:
 
 
 def init_distributed(device: torch.device) -> Distributed:
-    """torchrun sets WORLD_SIZE/RANK: join the group, on this process's own GPU (`place`); a plain run is world 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    """torchrun sets WORLD_SIZE/RANK: join the group on this process's own GPU (`place`), also as its only member (one
+    GPU then still runs NCCL); a plain run is world 1 without a group."""
+    if "WORLD_SIZE" not in os.environ:
         return Distributed()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if place(device).type == "cuda" else "gloo")
@@ -48,7 +48,7 @@ def init_distributed(device: torch.device) -> Distributed:
 def every_rank(flag: bool, device: torch.device) -> bool:
     """Whether `flag` holds on every rank. A rank whose batch holds no readable image skips its step; the others must
     skip with it, or they would wait for it in the gradient all-reduce forever."""
-    if current().world == 1:
+    if not (dist.is_available() and dist.is_initialized()):
         return flag
     value = torch.tensor([int(flag)], dtype=torch.int32, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
