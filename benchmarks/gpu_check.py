@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,12 @@ def train_argv(data: Path, phrases: Path, out: Path, config: Path, device: str, 
             "--device", device, *extra]
 
 
+def fresh(run_dir: Path) -> Path:
+    """A run folder emptied, so that a rerun of a step trains anew instead of meeting its earlier run."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return run_dir
+
+
 def max_difference(a: Path, b: Path) -> float:
     from safetensors.torch import load_file
 
@@ -145,7 +152,7 @@ class Check:
         figures = {}
         backbones = ["synseg-tiny", "ViT-B-16"] if self.gpu else ["synseg-tiny"]
         for backbone in backbones:
-            out = self.out / f"train-{backbone}"
+            out = fresh(self.out / f"train-{backbone}")
             run([*SYNSEG, *train_argv(self.data, self.phrases, out, self.config(f"train-{backbone}", backbone),
                                       self.args.device)], timeout=300)
             log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -159,9 +166,8 @@ class Check:
         return figures
 
     def resume(self) -> dict:
-        config = self.config("resume", "synseg-tiny", checkpoint_every=5 if self.gpu else 2,
-                             iterations=40 if self.gpu else 8)
-        straight, killed = self.out / "resume-straight", self.out / "resume-killed"
+        config = self.config("resume", "synseg-tiny", checkpoint_every=5 if self.gpu else 2, iterations=40)
+        straight, killed = fresh(self.out / "resume-straight"), fresh(self.out / "resume-killed")
         run([*SYNSEG, *train_argv(self.data, self.phrases, straight, config, self.args.device)])
         process = subprocess.Popen([*SYNSEG, *train_argv(self.data, self.phrases, killed, config, self.args.device)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -179,7 +185,7 @@ class Check:
         import torch
 
         ranks = min(2, torch.cuda.device_count()) if self.gpu else 2
-        out = self.out / "torchrun"
+        out = fresh(self.out / "torchrun")
         config = self.config("torchrun", "synseg-tiny", iterations=10, batch_size=8 * ranks)
         run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks), "-m",
              "synseg.train", *train_argv(self.data, self.phrases, out, config, "cuda" if self.gpu else "cpu")[1:]],
@@ -224,6 +230,9 @@ class Check:
         return figures
 
 
+STEPS = ("bench", "training", "resume", "torchrun", "against_cpu")
+
+
 def _logged(run_dir: Path) -> int:
     log = run_dir / "log.jsonl"
     return len(log.read_text().splitlines()) if log.exists() else 0
@@ -233,11 +242,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu to check the script's logic")
     parser.add_argument("--out", default="gpu-check", help="folder for data, runs and summary.json")
+    parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of the steps, to rerun one "
+                        "(against_cpu reads training's checkpoint)")
     args = parser.parse_args()
+    steps = args.steps.split(",")
+    if not set(steps) <= set(STEPS):
+        parser.error(f"--steps: choose from {', '.join(STEPS)}")
     check = Check(args)
-    for name, work in (("bench", check.bench), ("training", check.training), ("resume", check.resume),
-                       ("torchrun", check.torchrun), ("against_cpu", check.against_cpu)):
-        check.step(name, work)
+    for name in steps:
+        check.step(name, getattr(check, name))
     failed = [name for name, value in check.summary.items() if isinstance(value, dict) and value["status"] != "ok"]
     print(f"summary: {check.out / 'summary.json'}; failed: {', '.join(failed) or 'none'}")
     sys.exit(1 if failed else 0)
