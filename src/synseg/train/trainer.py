@@ -231,6 +231,7 @@ class Trainer:
             if not every_rank(len(batch.keys) > 0, self.device):  # a batch of unreadable images only (counted)
                 skipped += 1
                 if skipped > epoch:
+                    bar.close()  # before the error line, which must be the last one
                     raise UserError(f"no usable image in {skipped} batches in a row, more than an epoch "
                                     f"({dataset.stats['unreadable images']} unreadable images): check --data")
                 continue
