@@ -132,7 +132,7 @@ def test_absent_maps_are_pushed_to_zero_by_cross_entropy():
     fg, bg, text = torch.randn(3, 2, 8).unbind(0)
     maps = torch.tensor([[0.5, 0.2], [0.9, 0.1]], requires_grad=True)
     config = LossConfig(absent_suppress=2.0)
-    terms = mccl_loss(fg, bg, text, torch.tensor([0, 1]), config, absent_activations=maps)
+    terms = mccl_loss(fg, bg, text, torch.tensor([0, 1]), config, absent_log_inactivity=torch.log1p(-maps))
     expected = -(math.log(0.5) + math.log(0.8) + math.log(0.1) + math.log(0.9)) / 4
     assert terms["absent_suppress"].item() == pytest.approx(expected, rel=1e-5)
     without = mccl_loss(fg, bg, text, torch.tensor([0, 1]), LossConfig())

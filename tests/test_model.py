@@ -48,7 +48,7 @@ def test_every_pooling_option_gives_vectors_in_clip_space_that_train(source, div
     assert out.foreground.shape == out.background.shape == (3, model.backbone.embed_dim)
     (out.foreground.square().sum() + out.background.sum()).backward()
     assert model.decoder.upsample.weight.grad.abs().sum() > 0 and model.projector.net.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="pool_divisor"):
+    with pytest.raises(UserError, match="pool_divisor"):
         build_synseg(SynSegConfig(backbone=BackboneConfig("synseg-tiny", None), pool_divisor="pixels"))
 
 

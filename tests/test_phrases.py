@@ -45,6 +45,12 @@ def extract(nlp):
         # captions in capitals parse as proper nouns unless lower-cased first
         ("SEVERAL PEOPLE STANDING NEAR A PARKING METER ON THE SIDEWALK", ["people", "parking meter", "sidewalk"]),
         ("Cute Puppy Sitting On The Grass", ["cute puppy", "grass"]),
+        # a hyphenated word is one word: "close-up" (generic, excluded), never its last part "up"
+        ("close-up of a bee", ["bee"]),
+        ("a well-dressed man in a t-shirt", ["well-dressed man", "t-shirt"]),
+        # coordinated nouns in one chunk are several things; coordinated adjectives describe one
+        ("traffic light and traffic signs on a street", ["traffic light", "traffic signs", "street"]),
+        ("red and white flowers", ["red and white flowers"]),
     ],
 )
 def test_phrases_a_person_would_agree_with(extract, caption, phrases):

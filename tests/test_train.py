@@ -35,11 +35,6 @@ def captions(tmp_path_factory) -> tuple[Path, Path]:
     return folder, phrases
 
 
-# Resume is bit-identical for the paper's recipe; the default recipe's absent term embeds the batch's phrases in
-# batches whose composition differs after a resume (rounding-level differences; docs/training.md).
-PAPER = ("--recipe", "paper")
-
-
 def config_file(tmp_path: Path, **changes) -> Path:
     path = tmp_path / "train.json"
     path.write_text(json.dumps({**TINY_CONFIG, **changes}))
@@ -55,7 +50,7 @@ def test_loss_falls_and_segment_loads_the_result(captions, tmp_path):
     data, phrases = captions
     out = tmp_path / "run"
     config = config_file(tmp_path, iterations=24)
-    subprocess.run(train_command(data, phrases, out, config, *PAPER), check=True, capture_output=True)
+    subprocess.run(train_command(data, phrases, out, config, "--recipe", "paper"), check=True, capture_output=True)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 25))
     assert {"intra_align", "intra_separate", "inter_background", "inter_foreground", "lr", "samples_per_s"} <= set(log[0])
@@ -84,31 +79,67 @@ def test_recipes_lie_under_a_config_file() -> None:
         recipe_config("magic")
 
 
-def test_killed_run_resumes_to_the_same_weights(captions, tmp_path):
-    data, phrases = captions
-    config = config_file(tmp_path, iterations=10, checkpoint_every=2)
-    straight = tmp_path / "straight"
-    subprocess.run(train_command(data, phrases, straight, config, *PAPER), check=True, capture_output=True)
+def one_thread() -> dict[str, str]:
+    """The environment of every run a resume test compares: a matmul's rounding depends on how many threads split it."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(train_command(data, phrases, killed, config, *PAPER), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+def kill_when_logged(command: list[str], run: Path, steps: int) -> None:
+    """Start a run in a process group of its own and SIGKILL the whole group (launcher, ranks and their data loader
+    workers) once it has logged `steps` steps past a checkpoint."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=one_thread(),
+                               start_new_session=True)
     deadline = time.time() + 300
-    while not (killed / "last" / "train_state.pt").exists() or _logged_steps(killed) < 5:
+    while not (run / "last" / "train_state.pt").exists() or _logged_steps(run) < steps:
         assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (killed / "final").exists()
-    again = subprocess.run(train_command(data, phrases, killed, config, *PAPER), capture_output=True, text=True)
-    assert again.returncode == 2 and "--resume" in again.stderr  # never silently restarts over a run
-    subprocess.run(train_command(data, phrases, killed, config, *PAPER, "--resume"), check=True, capture_output=True)
+    assert not (run / "final").exists()
 
-    a, b = load_file(str(straight / "final" / "model.safetensors")), load_file(str(killed / "final" / "model.safetensors"))
+
+def assert_same_final_weights(a: Path, b: Path) -> None:
+    a, b = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_killed_run_resumes_to_the_same_weights(captions, tmp_path):
+    """The default recipe (its absent term draws random phrases) with a data loader worker process: starting the
+    worker must not draw from the RNG the checkpoint restores."""
+    data, phrases = captions
+    config = config_file(tmp_path, iterations=10, checkpoint_every=2, workers=1)
+    straight = tmp_path / "straight"
+    subprocess.run(train_command(data, phrases, straight, config), check=True, capture_output=True, env=one_thread())
+
+    killed = tmp_path / "killed"
+    kill_when_logged(train_command(data, phrases, killed, config), killed, 5)
+    again = subprocess.run(train_command(data, phrases, killed, config), capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never silently restarts over a run
+    resume = train_command(data, phrases, killed, config, "--resume")
+    subprocess.run(resume, check=True, capture_output=True, env=one_thread())
+
+    assert_same_final_weights(straight, killed)
     steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))
+
+
+def test_two_killed_gloo_ranks_resume_to_the_same_weights(captions, tmp_path):
+    """torchrun, 2 CPU ranks with a loader worker each: every rank's dropout RNG is saved and restored."""
+    data, phrases = captions
+    config = config_file(tmp_path, iterations=8, checkpoint_every=2, workers=1)
+
+    def torchrun(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "synseg.train", *train_command(data, phrases, out, config, "--device", "cpu", *extra)[4:]]
+
+    straight = tmp_path / "straight"
+    subprocess.run(torchrun(straight), check=True, capture_output=True, env=one_thread())
+    killed = tmp_path / "killed"
+    kill_when_logged(torchrun(killed), killed, 3)
+    subprocess.run(torchrun(killed, "--resume"), check=True, capture_output=True, env=one_thread())
+    assert_same_final_weights(straight, killed)
 
 
 def _logged_steps(run: Path) -> int:

@@ -46,7 +46,7 @@ def segment_image(setup: AppSetup, image: Image.Image | None, labels: str, metho
     classes = (["background"] if background else []) + names
     folder.mkdir(parents=True, exist_ok=True)
     label_file, names_file = folder / "label_map.png", folder / "label_map.json"
-    label_map_image(result.label_map).save(label_file)
+    label_map_image(result.label_map, len(classes)).save(label_file)
     names_file.write_text(json.dumps({"classes": classes, "method": method, "views": int(views),
                                       "threshold": threshold if background else None}, indent=2) + "\n")
     heat_maps = [(heat_map_image(activation), label) for label, activation in zip(names, result.activations)]

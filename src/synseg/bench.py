@@ -34,10 +34,9 @@ from synseg.eval.protocols import build_protocol
 from synseg.models import fastpath
 from synseg.models.backbone import ClipBackbone
 from synseg.models.synseg import DEFAULT_TEMPLATES, SynSeg
-from synseg.predictor import Segmenter
+from synseg.predictor import PRECISIONS, Segmenter  # bf16: the bound uses the bf16 matmul rate
 
 METHODS = ("synseg", "clipseg", *training_free_methods())
-PRECISIONS = ("fp32", "bf16")  # bf16: autocast, and the bound uses the bf16 matmul rate
 
 
 @dataclass
@@ -387,32 +386,31 @@ def measure(method: Method, image: Image.Image, views: int, classes: int, config
     `views` is unused: the row's views are the protocol's windows and its FLOPs are counted on the call itself."""
     clocked = Clocked(method)
     device = clocked.backbone.device
-    segmenter = Segmenter(clocked, templates=DEFAULT_TEMPLATES)
+    segmenter = Segmenter(clocked, templates=DEFAULT_TEMPLATES, precision=config.precision)
     labels = [f"class {index}" for index in range(classes)]
     clocked.backbone.embed_labels(labels, DEFAULT_TEMPLATES)  # cached: no method pays for text below
     run = build_protocol(protocol) if protocol else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.precision == "bf16" else contextlib.nullcontext()
     call = lambda: segmenter.segment(image, labels, views=views, protocol=run)  # noqa: E731
-    with autocast:
-        with peak_memory(device) as peak:
+    with peak_memory(device) as peak:
+        call()
+    if run is None:
+        flops = method.flops(views, classes)
+    else:
+        views = run.view_count(image.height, image.width)
+        with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
             call()
-        if run is None:
-            flops = method.flops(views, classes)
-        else:
-            views = run.view_count(image.height, image.width)
-            with FlopCounterMode(display=False, custom_mapping=extra_flop_formulas()) as counter:
-                call()
-            flops = float(counter.get_total_flops())
-        clocked.seconds.clear()
-        seconds: list[float] = []
-        while len(seconds) < config.repeats and (not seconds or sum(seconds) < config.max_call_seconds):
-            seconds.append(elapsed(call, device))
-        profiled = profile_call(call, device) if config.profile and method.name == "synseg" else None
+        flops = float(counter.get_total_flops())
+    clocked.seconds.clear()
+    seconds: list[float] = []
+    while len(seconds) < config.repeats and (not seconds or sum(seconds) < config.max_call_seconds):
+        seconds.append(elapsed(call, device))
+    model_seconds = list(clocked.seconds)  # before the profiled call, whose time the profiler inflates
+    profiled = profile_call(call, device) if config.profile and method.name == "synseg" else None
     latency = statistics.median(seconds)
     return Row(
         method=method.name, device=str(device), views=views, classes=classes,
         latency_ms=latency * 1e3, fps=1.0 / latency, peak_mem_mb=(method.weight_bytes + peak[0]) / 2**20,
-        flop_bound_ms=flops / bound_gflops / 1e6, model_ms=statistics.median(clocked.seconds) * 1e3,
+        flop_bound_ms=flops / bound_gflops / 1e6, model_ms=statistics.median(model_seconds) * 1e3,
         gflops=flops / 1e9, repeats=len(seconds), protocol=protocol or view_protocol(views), profile=profiled,
     )
 

@@ -101,8 +101,11 @@ def load_weights(model: SynSeg, path: str | os.PathLike) -> None:
     model.load_state_dict(weights, strict=False)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", pretrained: str | None = "config") -> SynSeg:
-    """Rebuild a model from its checkpoint; `pretrained` overrides where the backbone's weights come from."""
+def load_model(path: str | os.PathLike, device: str | torch.device = "auto", pretrained: str | None = "config") -> SynSeg:
+    """Rebuild a model from its checkpoint, on `device` ("auto": the GPU when there is one); `pretrained` overrides
+    where the backbone's weights come from."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     config = load_config(path)
     if pretrained != "config":
         config.backbone.pretrained = pretrained

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -31,38 +32,84 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def image_tensor(image: Image.Image) -> torch.Tensor:
-    """[3, H, W] float32 torch tensor in [0, 1]; one tensor given to several Segmenters lets them share their views
-    (and, for methods on one backbone, CLIP's forward)."""
+MAX_PIXELS_DEFAULT = 40_000_000
+UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError)
+
+
+def max_pixels() -> int:
+    """synseg's own limit on an image's pixels, read from its header before decoding: a 126-byte PNG can declare
+    30000x30000 pixels, and segmenting it at full resolution with 21 labels would need ~80 GB. 40 MP admits every
+    common camera; SYNSEG_MAX_PIXELS raises or lowers it."""
+    text = os.environ.get("SYNSEG_MAX_PIXELS", "")
+    try:
+        value = int(text) if text else MAX_PIXELS_DEFAULT
+    except ValueError:
+        raise UserError(f"SYNSEG_MAX_PIXELS must be a whole number of pixels, got {text!r}") from None
+    if value < 1:
+        raise UserError(f"SYNSEG_MAX_PIXELS must be at least 1, got {value}")
+    return value
+
+
+def check_size(width: int, height: int, name: str | os.PathLike) -> None:
+    """Raise the one-line error for an image whose declared size is empty or above `max_pixels()`."""
+    limit = max_pixels()
+    if width < 1 or height < 1:
+        raise UserError(f"image {name} is {width}x{height}: it has no pixels")
+    if width * height > limit:
+        raise UserError(f"image {name} is {width}x{height} = {width * height / 1e6:.0f} megapixels, above synseg's limit "
+                        f"of {limit / 1e6:g} (set SYNSEG_MAX_PIXELS to raise it)")
+
+
+@contextlib.contextmanager
+def open_image(source: str | os.PathLike | bytes, name: str | os.PathLike | None = None) -> Iterator[Image.Image]:
+    """PIL's Image.open with synseg's pixel limit in place of PIL's (checked on the header, before any decoding) and
+    one-line errors for whatever cannot be read. `name` is what the messages call it."""
+    name = name or source
+    try:
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours replaces PIL's warning and bomb error
+        try:
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+    except FileNotFoundError:
+        raise UserError(f"image not found: {name}") from None
+    except UNREADABLE as error:
+        raise UserError(f"not a readable image: {name} ({error.__class__.__name__})") from None
+    with image:
+        check_size(*image.size, name)
+        try:
+            yield image
+        except UNREADABLE as error:
+            raise UserError(f"not a readable image: {name} ({error.__class__.__name__}: {str(error)[:80]})") from None
+
+
+def image_tensor(image: Image.Image, device: torch.device | str | None = None) -> torch.Tensor:
+    """[3, H, W] float32 torch tensor in [0, 1] on `device`; the 8-bit pixels travel there (4x fewer bytes than
+    float). One tensor given to several Segmenters lets them share their views (and, for methods on one backbone,
+    CLIP's forward)."""
     import torch
 
-    return torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1).float().div_(255)
+    return torch.from_numpy(np.array(to_rgb(image))).to(device).permute(2, 0, 1).float().div_(255)
 
 
 def check_image(path: str | os.PathLike) -> Path:
-    """Fail early, in one line, on a missing or non-image file (reads the header only)."""
+    """Fail early, in one line, on a missing, non-image or oversized file (reads the header only)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
-    try:
-        with Image.open(path):
-            pass
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise UserError(f"not a readable image: {path} ({error.__class__.__name__})") from None
+    with open_image(path):
+        pass
     return path
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB, with a one-line error for missing or non-image files."""
+    """Open an image file as RGB (its first frame), with a one-line error for missing, non-image or oversized files."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise UserError(f"not a readable image: {path} ({error.__class__.__name__})") from None
+    with open_image(path) as image:
+        image.load()
+        return to_rgb(image)
 
 
 _UMASK = os.umask(0)
@@ -105,6 +152,16 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_writable_file(path: str | os.PathLike) -> Path:
+    """Check, before the work that produces it, that an output file can be written: not a folder, and in a folder
+    that exists (or can be made) and is writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; name a file")
+    ensure_writable_dir(path.resolve().parent)
+    return path
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:

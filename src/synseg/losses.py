@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from synseg.config import check, finite, positive_int
+
 TERMS = ("intra_align", "intra_separate", "inter_background", "inter_foreground")
 SIMILARITIES = ("shifted", "clamped_cos")
 FOREGROUND_GATES = ("none", "text")
@@ -38,12 +40,19 @@ class LossConfig:
     background_text: float = 0.0  # not in the paper: bg_k must not read as t_k among the batch's phrases (as CLIMS)
 
     def __post_init__(self) -> None:
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
-        if self.align not in ALIGNMENTS:
-            raise ValueError(f"align must be one of {ALIGNMENTS}, got {self.align!r}")
-        if self.foreground_gate not in FOREGROUND_GATES:
-            raise ValueError(f"foreground_gate must be one of {FOREGROUND_GATES}, got {self.foreground_gate!r}")
+        check("similarity", self.similarity, self.similarity in SIMILARITIES, f"one of {SIMILARITIES}")
+        check("align", self.align, self.align in ALIGNMENTS, f"one of {ALIGNMENTS}")
+        check("foreground_gate", self.foreground_gate, self.foreground_gate in FOREGROUND_GATES, f"one of {FOREGROUND_GATES}")
+        for name in (*TERMS, "absent_suppress", "present_boost", "background_text"):
+            finite(name, getattr(self, name))
+        finite("logit_scale", self.logit_scale, 0.0, open_low=True)
+        finite("separation_gate", self.separation_gate, -1.0, 1.0)
+        finite("absent_text_gate", self.absent_text_gate, -1.0, 1.0)
+        finite("eps", self.eps, 0.0, 0.25, open_low=True)
+        for name in ("pairwise_start", "pairwise_ramp", "absent_start"):
+            positive_int(name, getattr(self, name), 0)
+        positive_int("absent_phrases", self.absent_phrases)
+        positive_int("present_tokens", self.present_tokens)
 
     def pairwise_scale(self, step: int) -> float:
         """Factor on L2-L4's weights at this step.
@@ -108,15 +117,15 @@ def absent_pairs(text: torch.Tensor, image_index: torch.Tensor, config: LossConf
     return torch.stack([images[:, None].expand_as(picks)[keep], picks[keep]])
 
 
-def absent_loss(absent_activations: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy towards 0 of token activation maps [M, HW] of categories the caption does not name.
+def absent_loss(log_inactivity: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy towards 0, -log(1 - A), of the token activation maps A [M, HW] of categories the
+    caption does not name, given as log(1 - A) (`fss.token_log_inactivity`: finite however close A gets to 1).
 
     L1-L4 only ever see categories an image's caption names, so nothing trains a category's map down on images without
     it, and at inference such a category can win the argmax (docs/world.md). Captions leave things out, so some of these
     "absent" phrases are present: the term is a weak image-level label, not ground truth.
     """
-    maps = absent_activations.float()
-    return F.binary_cross_entropy(maps, torch.zeros_like(maps))
+    return -log_inactivity.float().mean()
 
 
 def present_loss(named_activations: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -129,13 +138,13 @@ def present_loss(named_activations: torch.Tensor, tokens: int) -> torch.Tensor:
 
 def mccl_loss(
     foreground: torch.Tensor, background: torch.Tensor, text: torch.Tensor, image_index: torch.Tensor, config: LossConfig,
-    pairwise_scale: float = 1.0, absent_activations: torch.Tensor | None = None,
+    pairwise_scale: float = 1.0, absent_log_inactivity: torch.Tensor | None = None,
     named_activations: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The four MCCL terms and their weighted total for N (image, category) pairs; pairs of one image share image_index.
 
-    With `config.absent_suppress`, `absent_activations` [M, HW] are the maps of phrases the images' captions do not name;
-    with `config.present_boost`, `named_activations` [N, HW] are the maps of the N pairs.
+    With `config.absent_suppress`, `absent_log_inactivity` [M, HW] is log(1 - A) of the maps of phrases the images'
+    captions do not name; with `config.present_boost`, `named_activations` [N, HW] are the maps of the N pairs.
     """
     fg, bg, t = (F.normalize(x.float(), dim=-1) for x in (foreground, background, text))
     images = int(image_index.max()) + 1
@@ -169,8 +178,8 @@ def mccl_loss(
             cos = (fg @ fg.T)[pairs]
             gate = cos.detach() > (t @ t.T)[pairs] if config.foreground_gate == "text" else pair_mask
             terms["inter_foreground"] = per_image_mean(-torch.log(1 - similarity(cos, config)), pair_image, gate, images)
-    if config.absent_suppress and absent_activations is not None and len(absent_activations):
-        terms["absent_suppress"] = absent_loss(absent_activations)
+    if config.absent_suppress and absent_log_inactivity is not None and len(absent_log_inactivity):
+        terms["absent_suppress"] = absent_loss(absent_log_inactivity)
     if config.present_boost and named_activations is not None:
         terms["present_boost"] = present_loss(named_activations, config.present_tokens)
     terms["total"] = sum(getattr(config, name) * (pairwise_scale if name in TERMS[1:] else 1.0) * value

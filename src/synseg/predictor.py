@@ -32,12 +32,20 @@ class DensePredictor(Protocol):
     def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
 
 
+PRECISIONS = ("fp32", "bf16")  # bf16: autocast on the model's device; activation maps stay fp32
+
+
 @dataclass
 class Segmentation:
     label_map: np.ndarray  # [H, W] int64; with background, 0 = background and labels are 1..K
-    activations: np.ndarray  # [K, H, W] float32 in [0, 1]
+    maps: torch.Tensor  # [K, H, W] float32 in [0, 1], on the model's device
     labels: list[str]
     background: bool
+
+    @property
+    def activations(self) -> np.ndarray:
+        """The maps on the host ([K, H, W] float32: 150 MiB at 150 classes and 512x512), copied only when asked for."""
+        return self.maps.cpu().numpy()
 
 
 Label = str | tuple[str, ...]  # a class's name, or its several names (its score is the best of theirs)
@@ -79,10 +87,13 @@ class Segmenter:
     """Segment any image with any labels under any protocol; label embeddings are cached, so a class list is embedded
     once. The default protocol is the paper's 5 views (`views=1`: the whole image alone)."""
 
-    def __init__(self, predictor: DensePredictor, templates: tuple[str, ...] | None = None) -> None:
+    def __init__(self, predictor: DensePredictor, templates: tuple[str, ...] | None = None, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision}")
         self.predictor = predictor
         self.templates = tuple(templates or getattr(predictor, "templates", None)
                                or getattr(getattr(predictor, "config", None), "templates", DEFAULT_TEMPLATES))
+        self.precision = precision
 
     @property
     def device(self) -> torch.device:
@@ -91,16 +102,19 @@ class Segmenter:
     @torch.inference_mode()
     def activations(self, image: Image.Image | torch.Tensor, labels: list[Label], views: int = 5,
                     protocol: EvalProtocol | None = None) -> torch.Tensor:
-        """[K, H, W] activation maps at the image's own resolution; a label with several names gets their maximum."""
+        """[K, H, W] activation maps at the image's own resolution, on the model's device; a label with several names
+        gets their maximum. The 8-bit image goes to the device, where the protocol cuts and resizes its views."""
         if protocol is None:
             if views not in (1, 5):
                 raise UserError(f"views must be 1 or 5, got {views}")
             protocol = Views(views)
-        pixels = image if isinstance(image, torch.Tensor) else image_tensor(image)
+        pixels = image if isinstance(image, torch.Tensor) else image_tensor(image, self.device)
         names = [label_names(label) for label in labels]
         flat = [name for group in names for name in group]
         text = self.predictor.backbone.embed_labels(flat, self.templates)
-        maps = protocol.maps(self.predictor, pixels, text).float()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            maps = protocol.maps(self.predictor, pixels, text)
+        maps = maps.float()
         if len(flat) == len(labels):
             return maps.clamp_(0, 1)
         ends = np.cumsum([len(group) for group in names]).tolist()
@@ -130,4 +144,4 @@ class Segmenter:
         if background_names:
             maps = maps[1:]
         names = [label_names(label)[0] for label in labels]
-        return Segmentation(index.cpu().numpy().astype(np.int64), maps.cpu().numpy(), names, background)
+        return Segmentation(index.cpu().numpy(), maps, names, background)

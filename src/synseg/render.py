@@ -5,6 +5,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
+LEGEND_CHARS = 40  # longer label names are cut in the legend
+
+
 def palette(n: int = 256) -> np.ndarray:
     """The PASCAL VOC colour map (bit-interleaved), the one segmentation tools already show."""
     colours = np.zeros((n, 3), dtype=np.uint8)
@@ -19,8 +22,13 @@ def palette(n: int = 256) -> np.ndarray:
     return colours
 
 
-def label_map_image(label_map: np.ndarray) -> Image.Image:
-    """A palette PNG whose pixel values are the class indices themselves."""
+def label_map_image(label_map: np.ndarray, classes: int) -> Image.Image:
+    """A PNG whose pixel values are the class indices themselves: a palette PNG for up to 256 classes, 16-bit grey
+    beyond (a palette holds 256 colours; indices would wrap around)."""
+    if classes > 65536:
+        raise ValueError(f"{classes} classes do not fit a 16-bit PNG")
+    if classes > 256:
+        return Image.fromarray(label_map.astype(np.uint16))
     image = Image.fromarray(label_map.astype(np.uint8), mode="P")
     image.putpalette(palette().flatten().tolist())
     return image
@@ -43,13 +51,15 @@ def enlarge(image: Image.Image) -> Image.Image:
 def overlay(image: Image.Image, label_map: np.ndarray, names: list[str], alpha: float = 0.5) -> Image.Image:
     """Colours blended over the photo, and a legend of the names present, right of it. A small image is enlarged
     first (`enlarge`), else the legend's text would dwarf it."""
-    colours = palette()
+    colours = palette(max(256, len(names)))
     factor = enlargement(*image.size)
     rgb = np.asarray(enlarge(image.convert("RGB")), dtype=np.float32)
     label_map = label_map.repeat(factor, axis=0).repeat(factor, axis=1)
     blended = (1 - alpha) * rgb + alpha * colours[label_map].astype(np.float32)
     picture = Image.fromarray(blended.clip(0, 255).astype(np.uint8))
-    present = [i for i in range(len(names)) if (label_map == i).any()] or list(range(len(names)))
+    present = [int(i) for i in np.unique(label_map)] or list(range(len(names)))
+    names = [" ".join(name.split()) for name in names]  # one line each: a label may hold a line break
+    names = [name if len(name) <= LEGEND_CHARS else name[: LEGEND_CHARS - 1] + "…" for name in names]
     font = ImageFont.load_default(size=max(12, min(28, picture.height // 20)))
     line = int(font.size * 1.5)
     legend_width = int(max(ImageDraw.Draw(picture).textlength(names[i], font=font) for i in present)) + line + 16

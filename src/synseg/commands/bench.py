@@ -9,11 +9,11 @@ import sys
 
 import torch
 
-from synseg.bench import METHODS, PRECISIONS, BenchConfig, format_report, run_bench
-from synseg.commands.common import add_model_arguments, build_model
+from synseg.bench import METHODS, BenchConfig, format_report, run_bench
+from synseg.commands.common import add_model_arguments, add_precision_argument, build_model
 from synseg.errors import UserError
 from synseg.eval.protocols import build_protocol
-from synseg.io import atomic_path
+from synseg.io import atomic_path, check_size, ensure_writable_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-call-seconds", type=float, default=10.0,
                         help="skip peers' rows predicted to take longer per image than this (default 10); a row also stops "
                              "repeating once its timed calls add up to this")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default) or bf16 autocast")
+    add_precision_argument(parser)
     parser.add_argument("--threads", type=int, help="CPU threads (default: every core this process may use)")
     parser.add_argument("--profile", action="store_true",
                         help="profile one more call per synseg row and print the operators that take the time")
@@ -63,6 +63,7 @@ def parse_size(text: str) -> tuple[int, int]:
         raise UserError(f"--image-size must look like 512x512, got '{text}'") from None
     if min(width, height) < 2:
         raise UserError(f"--image-size must be at least 2x2, got '{text}'")
+    check_size(width, height, f"size {text}")
     return height, width
 
 
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         image_size=parse_size(args.image_size), repeats=args.repeats, max_call_seconds=args.max_call_seconds,
         precision=args.precision, profile=args.profile,
     )
+    if args.json:
+        ensure_writable_file(args.json)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(args.threads or cores)
     if args.pretrained is None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
@@ -10,6 +9,7 @@ import torch
 from synseg.errors import UserError
 from synseg.models import BackboneConfig, SynSegConfig, build_synseg
 from synseg.models.synseg import SynSeg
+from synseg.predictor import PRECISIONS
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,12 +21,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default) or bf16 autocast (GPUs with bf16; activation maps stay fp32)")
+
+
 def resolve_device(name: str) -> torch.device:
-    """`auto`: the GPU (under torchrun, this process's cuda:LOCAL_RANK), else the CPU."""
+    """`auto`: the GPU, else the CPU. Under torchrun, `synseg.distributed.place` makes cuda:LOCAL_RANK the current
+    GPU, the one that `cuda` then names."""
     if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 
 from synseg.card import write_evaluation
-from synseg.commands.common import add_method_arguments, add_model_arguments, build_predictors, protocols_from, resolve_device
+from synseg.commands.common import (add_method_arguments, add_model_arguments, add_precision_argument, build_predictors,
+                                   protocols_from, resolve_device)
 from synseg.data.benchmarks import BENCHMARKS, Benchmark, benchmark_class, get_benchmark
 from synseg.distributed import init_distributed
 from synseg.errors import UserError
 from synseg.eval.evaluator import (EvalResult, PredictionFolder, evaluate, evaluate_many, markdown_table,
                                    segmenter_predict, split)
 from synseg.eval.methods import parse_methods
-from synseg.io import atomic_path, ensure_writable_dir
+from synseg.io import atomic_path, ensure_writable_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score saved label maps instead of running a model: DIR/<image stem>.png holding class "
                              "indices in --list-classes order, 255 = no prediction (DIR/<benchmark>/ for several)")
     add_model_arguments(parser)
+    add_precision_argument(parser)
     add_method_arguments(parser, several=True)
     parser.add_argument("--views", type=int, choices=(1, 5),
                         help="views of the synseg protocol: 5 = whole image + 4 quadrants (default), 1 = whole image")
@@ -153,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     roots = roots_by_benchmark(args.root, names)
     benchmarks = {name: get_benchmark(name, roots[name]) for name in names}
     if args.json:
-        ensure_writable_dir(Path(args.json).resolve().parent)
+        ensure_writable_file(args.json)
     results: list[EvalResult] = []
     if args.predictions:
         folder = Path(args.predictions)
@@ -170,8 +172,8 @@ def run(args: argparse.Namespace) -> int:
     if args.card:
         print(f"wrote {write_evaluation(Path(args.checkpoint), table, command_line(args))}", file=sys.stderr)
     if args.json:
-        settings = {key: getattr(args, key) for key in ("checkpoint", "predictions", "backbone", "pretrained", "threshold",
-                                                        "limit", "pamr", "class_names")}
+        settings = {key: getattr(args, key) for key in ("checkpoint", "predictions", "backbone", "pretrained", "precision",
+                                                        "threshold", "limit", "pamr", "class_names")}
         settings["views"] = None if args.predictions else args.views or 5
         settings["methods"] = [str(m) for m in methods]
         settings["protocols"] = [] if args.predictions else [p.describe() for p in protocols_from(args, several=True)]
@@ -190,7 +192,7 @@ def run_methods(args: argparse.Namespace, methods: list, benchmarks: dict[str, B
 
     protocols = protocols_from(args, several=True)
     names = class_name_files(args.class_names, benchmarks)
-    segmenters = {method: Segmenter(predictor) for method, predictor in build_predictors(args, methods).items()}
+    segmenters = {method: Segmenter(predictor, precision=args.precision) for method, predictor in build_predictors(args, methods).items()}
     results: list[EvalResult] = []
     for name, benchmark in benchmarks.items():
         labels, background = names.get(name, (None, ()))

@@ -37,12 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from synseg.data.captions import CaptionSource
     from synseg.data.phrases import PhraseConfig, PhraseExtractor, write_phrases
-    from synseg.io import ensure_writable_dir
+    from synseg.io import ensure_writable_file
 
     if args.workers < 1 or args.batch_size < 1:
         raise UserError("--workers and --batch-size must be at least 1")
     source = CaptionSource(args.input)
-    ensure_writable_dir(args.out.resolve().parent)
+    ensure_writable_file(args.out)
     config = PhraseConfig(
         spacy_model=args.spacy_model,
         exclude_files=tuple(args.exclude_file),

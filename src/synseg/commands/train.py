@@ -9,6 +9,7 @@ from pathlib import Path
 from synseg.commands.common import resolve_device
 from synseg.config import read_json
 from synseg.errors import UserError
+from synseg.io import ensure_writable_dir
 from synseg.losses import TERMS
 from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig, recipe_config
 
@@ -24,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TrainConfig as JSON (any subset of its fields, over --recipe; see docs/training.md)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--cache", help="folder for the frozen backbone's features, reused on later epochs and runs")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available; torchrun: cuda:LOCAL_RANK)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available; under torchrun each "
+                                                         "process takes GPU LOCAL_RANK)")
     parser.add_argument("--backbone", help="override the config's backbone (open_clip name or .json)")
     parser.add_argument("--pretrained", help="override the backbone weights (tag, file, or 'none')")
     parser.add_argument("--iterations", type=int, help="override the number of iterations")
@@ -53,8 +55,6 @@ def load_train_config(args: argparse.Namespace) -> TrainConfig:
         for name in TERMS:
             if name not in keep:
                 setattr(config.loss, name, 0.0)
-    if config.iterations < 1 or config.batch_size < 1 or config.lr <= 0:
-        raise UserError("iterations and batch size must be >= 1 and the learning rate > 0")
     return config
 
 
@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / LAST).exists() and not args.resume:
         raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    ensure_writable_dir(out)  # before any slow work: an unwritable --out would otherwise fail at the first checkpoint
+    if args.cache:
+        ensure_writable_dir(args.cache)
     trainer = Trainer(config, args.data, args.phrases, out, resolve_device(args.device), cache=args.cache)
     if args.resume:
         trainer.resume()

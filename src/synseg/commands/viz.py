@@ -11,7 +11,7 @@ from tqdm import tqdm
 from synseg.commands.common import add_method_arguments, add_model_arguments, build_predictors, protocols_from
 from synseg.errors import UserError
 from synseg.eval.methods import parse_methods
-from synseg.io import check_image, ensure_writable_dir, load_image
+from synseg.io import check_image, ensure_writable_file, load_image
 from synseg.predictor import Segmenter, parse_labels
 
 
@@ -64,8 +64,7 @@ def _fraction(value: float | None, option: str) -> None:
 def _out(path: str) -> Path:
     if not path.lower().endswith(".png"):
         raise UserError(f"--out must name a .png file, got {path}")
-    ensure_writable_dir(Path(path).resolve().parent)
-    return Path(path)
+    return ensure_writable_file(path)
 
 
 def run_fig3(args: argparse.Namespace):

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections import Counter
@@ -14,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from synseg.errors import UserError
-from synseg.io import to_rgb
+from synseg.io import open_image, to_rgb
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -37,17 +36,11 @@ def decode_image(data: bytes | Path, draft: int | None = None) -> Image.Image:
     `draft` lets JPEG decode at the smallest DCT scale that still leaves both sides >= draft pixels, which is several
     times faster for training images that are resized to 224 anyway.
     """
-    try:
-        with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as image:
-            if draft:
-                image.draft("RGB", (draft, draft))
-            image.load()
-            return to_rgb(image)
-    except FileNotFoundError:
-        raise UserError(f"image not found: {data}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        name = data if isinstance(data, Path) else f"{len(data)} bytes"
-        raise UserError(f"not a readable image: {name} ({error.__class__.__name__})") from None
+    with open_image(data, data if isinstance(data, Path) else f"of {len(data)} bytes") as image:
+        if draft:
+            image.draft("RGB", (draft, draft))
+        image.load()
+        return to_rgb(image)
 
 
 @dataclass(frozen=True)
@@ -82,12 +75,15 @@ class CaptionSource:
     """INPUT resolved to its layout: a .tar file, a brace pattern of shards (`shards/{00000..00009}.tar`), a folder
     of .tar files, a folder holding one .jsonl, or a .jsonl file (image paths relative to the jsonl's folder).
 
-    Entries that cannot be read at all (a malformed jsonl line, a truncated tar) are skipped and counted in `stats`.
+    Entries that cannot be read at all are skipped: a malformed jsonl line is counted in `stats`; a tar that is cut
+    short or damaged is read up to the damage and named in `damaged_shards` (how many samples the damage hid is
+    unknowable).
     """
 
     def __init__(self, spec: str | os.PathLike):
         self.spec = str(spec)
         self.stats: Counter[str] = Counter()
+        self.damaged_shards: list[str] = []
         self.shards: list[str] = []
         self.jsonl: Path | None = None
         path = Path(spec)
@@ -149,11 +145,13 @@ class CaptionSource:
         """Samples of one tar shard in stored order; a sample without image or caption comes with None / []."""
         wds = import_webdataset()
 
-        def skip(error: Exception) -> bool:
-            self.stats["unreadable shard data"] += 1
+        name = shard_name(shard)
+
+        def skip(error: Exception) -> bool:  # webdataset reports one read error more than once
+            if name not in self.damaged_shards:
+                self.damaged_shards.append(name)
             return True
 
-        name = shard_name(shard)
         for sample in wds.tarfile_samples([{"url": shard}], handler=skip):
             image = next((sample[ext] for ext in IMAGE_EXTENSIONS if sample.get(ext)), None)
             yield CaptionRecord(sample["__key__"], _tar_captions(sample), image, name)

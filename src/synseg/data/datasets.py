@@ -151,7 +151,10 @@ class CaptionPhraseDataset(IterableDataset):
                     item = json.loads(line)
                 except ValueError:
                     item = None
-                if not isinstance(item, dict) or not item.get("phrases") or not isinstance(item.get(wanted), str):
+                phrases = item.get("phrases") if isinstance(item, dict) else None
+                if (not isinstance(item, dict) or not isinstance(item.get(wanted), str) or not isinstance(phrases, list)
+                        or not phrases or not all(isinstance(p, str) and p for p in phrases)
+                        or not isinstance(item.get("key"), (str, int))):
                     if isinstance(item, dict) and other in item:
                         made, given = ("a jsonl folder", "tar shards") if tar else ("tar shards", "a jsonl folder")
                         raise UserError(f"{self.phrases_path} was made from {made}, but the images given are {given}")
@@ -343,12 +346,16 @@ class PhraseLoader:
         if workers == 0:
             yield from self.dataset
             return
+        # Starting workers draws their base seed from `generator`, by default the global RNG: a resumed run, which
+        # restores that RNG after the straight run drew from it, would draw other dropout masks from then on. The
+        # streams themselves use seeded random.Random only.
         loader = DataLoader(
             self.dataset,
             batch_size=None,
             num_workers=workers,
             pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor,
+            generator=torch.Generator().manual_seed(self.dataset.config.seed),
         )
         for batch in loader:
             self.dataset.position += 1

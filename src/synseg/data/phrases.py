@@ -224,9 +224,7 @@ class PhraseExtractor:
         phrases: list[Phrase] = []
         excluded = 0
         for chunk in doc.noun_chunks:
-            tokens = list(chunk)
-            cut = max((i for i, token in enumerate(tokens) if token.tag_ == "POS"), default=None)
-            for span in [tokens] if cut is None else [tokens[:cut], tokens[cut + 1 :]]:
+            for span in _pieces(list(chunk)):
                 phrase = self._phrase(span, chunk.root.i, marks)
                 if isinstance(phrase, str):
                     self.excluded[phrase] += 1
@@ -242,7 +240,7 @@ class PhraseExtractor:
             tokens = [token for token, is_person in zip(tokens, person) if not is_person]
         elif not any(person):
             return None
-        while tokens and tokens[0].idx not in marks and (
+        while tokens and tokens[0].idx not in marks and not _joined(tokens[0]) and (
             tokens[0].pos_ in _LEADING_POS or tokens[0].lower_ in _QUANTIFIERS
         ):
             tokens = tokens[1:]
@@ -252,10 +250,46 @@ class PhraseExtractor:
         if not nouns:
             return None
         head = next((token for token in tokens if token.i == root), nouns[-1])
-        head_lemma = head.lower_ if head.idx in marks else head.lemma_.lower()
+        word = _word(tokens, head)  # "close-up": the hyphenated word the head noun is part of
+        head_text = _join(word, "text")
+        head_lemma = head.lower_ if head.idx in marks else _join(word[:-1], "text") + word[-1].lemma_.lower()
         text = _join(tokens, "text")
-        entry = self.exclusions.match(text, _join(tokens, "lemma_"), head.lower_, head_lemma)
+        entry = self.exclusions.match(text, _join(tokens, "lemma_"), head_text, head_lemma)
         return entry if entry else Phrase(text, head_lemma)
+
+
+def _joined(token) -> bool:
+    """Whether the token is glued to the next one (no space between): a part of a word such as "close-up"."""
+    return not token.whitespace_ and token.i + 1 < len(token.doc) and (
+        token.nbor().tag_ == "HYPH" or token.tag_ == "HYPH")
+
+
+def _word(tokens: list, token) -> list:
+    """The run of glued tokens (a hyphenated word) in `tokens` that holds `token`."""
+    at = tokens.index(token)
+    start, end = at, at
+    while start > 0 and _joined(tokens[start - 1]):
+        start -= 1
+    while end + 1 < len(tokens) and _joined(tokens[end]):
+        end += 1
+    return tokens[start : end + 1]
+
+
+def _pieces(tokens: list) -> list[list]:
+    """A noun chunk cut where it names several things: after a possessive ("a man's hand" -> "a man", "hand") and at
+    a conjunction between nouns ("traffic light and traffic signs" -> both), not between adjectives ("red and white
+    flowers" stays whole)."""
+    pieces, current = [], []
+    for token in tokens:
+        possessive = token.tag_ == "POS"
+        coordinating = (token.dep_ == "cc" and token.head.pos_ in ("NOUN", "PROPN")
+                        and any(t.pos_ in ("NOUN", "PROPN") for t in current))
+        if possessive or coordinating:
+            pieces.append(current)
+            current = []
+        else:
+            current.append(token)
+    return [piece for piece in [*pieces, current] if piece]
 
 
 def _blocks(records: Iterable[CaptionRecord], captions: int) -> Iterator[list[CaptionRecord]]:
@@ -303,6 +337,7 @@ class PhraseSummary:
     seconds: float = 0.0
     dropped: Counter[str] = field(default_factory=Counter)
     excluded: Counter[str] = field(default_factory=Counter)
+    damaged_shards: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         rate = self.captions / self.seconds if self.seconds > 0 else 0.0
@@ -313,6 +348,9 @@ class PhraseSummary:
             f"dropped {sum(self.dropped.values())} samples"
             + "".join(f"; {reason}: {count}" for reason, count in self.dropped.most_common()),
         ]
+        if self.damaged_shards:
+            lines.append(f"damaged shards, read up to the damage: {len(self.damaged_shards)} "
+                         f"({', '.join(self.damaged_shards[:5])}{', ...' if len(self.damaged_shards) > 5 else ''})")
         if self.excluded:
             top = ", ".join(f"{entry} {count}" for entry, count in self.excluded.most_common(10))
             lines.append(f"generic phrases dropped: {sum(self.excluded.values())} (most: {top})")
@@ -366,7 +404,13 @@ def write_phrases(
                 "heads": [phrase.head for phrase in phrases],
             }
             lines.write(json.dumps(line, ensure_ascii=False) + "\n")
+        summary.dropped.update(source.stats)
+        summary.damaged_shards = list(source.damaged_shards)
+        if not summary.kept:  # raised inside the block: no empty file is left to look like a result
+            reasons = [f"{reason}: {count}" for reason, count in summary.dropped.most_common()]
+            reasons += [f"damaged shards: {len(summary.damaged_shards)}"] if summary.damaged_shards else []
+            why = "; ".join(reasons) or "none read"
+            raise UserError(f"no sample of {source.spec} gave a noun phrase, nothing written ({why})")
     summary.seconds = time.perf_counter() - start
-    summary.dropped.update(source.stats)
     summary.excluded = extractor.excluded - excluded_before
     return summary

@@ -128,10 +128,10 @@ class PredictionFolder:
 
 
 @functools.lru_cache(maxsize=1)
-def sample_pixels(path: Path) -> torch.Tensor:
-    """The image as [3, H, W] in [0, 1]; the last one is kept, so every row scoring a sample gets the same tensor
-    (and methods on one backbone share their views and CLIP's forward)."""
-    return image_tensor(load_image(path))
+def sample_pixels(path: Path, device: torch.device | None = None) -> torch.Tensor:
+    """The image as [3, H, W] in [0, 1] on the model's device; the last one is kept, so every row scoring a sample gets
+    the same tensor (and methods on one backbone share their views and CLIP's forward)."""
+    return image_tensor(load_image(path), device)
 
 
 def segmenter_predict(segmenter, benchmark: Benchmark, views: int = 5, threshold: float | None = None,
@@ -141,7 +141,7 @@ def segmenter_predict(segmenter, benchmark: Benchmark, views: int = 5, threshold
     labels = labels or benchmark.prompt_labels()
 
     def predict(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
-        image = sample_pixels(sample.image_path)
+        image = sample_pixels(sample.image_path, segmenter.device)
         if tuple(image.shape[-2:]) != tuple(shape):
             raise UserError(
                 f"image {sample.image_path} is {image.shape[-1]}x{image.shape[-2]} but its label {sample.label_path} "

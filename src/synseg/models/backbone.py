@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synseg.config import check
 from synseg.errors import UserError
 from synseg.models import fastpath
 
@@ -33,6 +34,7 @@ class BackboneConfig:
             self.pretrained = None
         if self.layers is not None:
             self.layers = tuple(int(i) for i in self.layers)
+            check("layers", self.layers, len(self.layers) > 0 and min(self.layers) >= 0, "a non-empty list of block indices")
 
 
 def default_layers(depth: int) -> tuple[int, ...]:
@@ -181,13 +183,19 @@ class ClipBackbone(nn.Module):
         return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
 
     @torch.no_grad()
+    def embed_texts(self, labels: list[str], templates: tuple[str, ...]) -> torch.Tensor:
+        """Prompt-ensemble embedding per label (mean over templates, re-normalised), computed now, in one batch."""
+        prompts = [template.format(label) for label in labels for template in templates]
+        embeddings = self.encode_text(prompts).view(len(labels), len(templates), -1).mean(dim=1)
+        return F.normalize(embeddings, dim=-1)
+
+    @torch.no_grad()
     def embed_labels(self, labels: list[str], templates: tuple[str, ...]) -> torch.Tensor:
-        """Prompt-ensemble embedding per label (mean over templates, re-normalised); each label is embedded once."""
+        """`embed_texts`, each label embedded once: inference asks about the same class list image after image. The
+        cache lives on the CPU and answers on the model's device, wherever the model has moved since."""
         templates = tuple(templates)
         missing = [label for label in dict.fromkeys(labels) if (label, templates) not in self._label_cache]
         if missing:
-            prompts = [template.format(label) for label in missing for template in templates]
-            embeddings = self.encode_text(prompts).view(len(missing), len(templates), -1).mean(dim=1)
-            for label, embedding in zip(missing, F.normalize(embeddings, dim=-1)):
+            for label, embedding in zip(missing, self.embed_texts(missing, templates).cpu()):
                 self._label_cache[(label, templates)] = embedding
-        return torch.stack([self._label_cache[(label, templates)] for label in labels])
+        return torch.stack([self._label_cache[(label, templates)] for label in labels]).to(self.device)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from synseg.config import check, finite, positive_int
+
 from synseg.models.fastpath import linear, post_norm_layer
 from synseg.models.film import FiLM
 
@@ -18,6 +20,13 @@ class DecoderConfig:
     dropout: float = 0.1
     film_hidden: int = 256
     projector_hidden: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("reduce_dim", "heads", "ffn_dim", "film_hidden"):
+            positive_int(name, getattr(self, name))
+        positive_int("projector_hidden", self.projector_hidden, 0)
+        check("reduce_dim", self.reduce_dim, self.reduce_dim % self.heads == 0, f"a multiple of heads ({self.heads})")
+        finite("dropout", self.dropout, 0.0, 0.99)
 
 
 @dataclass
@@ -67,5 +76,6 @@ class SegDecoder(nn.Module):
         h, w = self.grid
         ph, pw = self.upsample.kernel_size
         weight, bias = self.upsample.weight.view(d, ph * pw).t(), self.upsample.bias.expand(ph * pw)
-        patches = linear(tokens[:, 1:].reshape(n * h * w, d), weight, bias)
+        with torch.autocast(tokens.device.type, enabled=False):  # logits in fp32 also under autocast (bf16 keeps 3 digits)
+            patches = linear(tokens[:, 1:].reshape(n * h * w, d).float(), weight, bias)
         return patches.view(n, h, w, ph, pw).permute(0, 1, 3, 2, 4).reshape(n, 1, h * ph, w * pw)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synseg.config import check, check_templates, finite
+
 from synseg.models.backbone import BackboneConfig, ClipBackbone
 from synseg.models.decoder import DecoderConfig, DecoderOutput, SegDecoder
 from synseg.errors import UserError
@@ -39,6 +41,12 @@ class SynSegConfig:
     pool_source: str = "conditional"
     pool_divisor: str = "activation"  # fg = A^T Z / sum A (paper); "tokens" divides by HW as CCAM does
 
+    def __post_init__(self) -> None:
+        check("pool_source", self.pool_source, self.pool_source in POOL_SOURCES, f"one of {POOL_SOURCES}")
+        check("pool_divisor", self.pool_divisor, self.pool_divisor in POOL_DIVISORS, f"one of {POOL_DIVISORS}")
+        finite("background_threshold", self.background_threshold, 0.0, 1.0)
+        check_templates("templates", self.templates)
+
 
 @dataclass
 class SynergyOutput:
@@ -50,10 +58,6 @@ class SynergyOutput:
 class SynSeg(nn.Module):
     def __init__(self, config: SynSegConfig, backbone: ClipBackbone) -> None:
         super().__init__()
-        if config.pool_source not in POOL_SOURCES:
-            raise ValueError(f"pool_source must be one of {POOL_SOURCES}, got {config.pool_source!r}")
-        if config.pool_divisor not in POOL_DIVISORS:
-            raise ValueError(f"pool_divisor must be one of {POOL_DIVISORS}, got {config.pool_divisor!r}")
         self.config = config
         self.backbone = backbone
         self.decoder = SegDecoder(

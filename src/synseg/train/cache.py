@@ -42,7 +42,7 @@ class FeatureCache:
         """Phrase embeddings [N, E], computed once ever and kept in DIR/text-<templates>.safetensors."""
         missing = [p for p in dict.fromkeys(phrases) if p not in self.text]
         if missing:
-            for phrase, embedding in zip(missing, self.backbone.embed_labels(missing, self.templates).cpu()):
+            for phrase, embedding in zip(missing, self.backbone.embed_texts(missing, self.templates).cpu()):
                 self.text[phrase] = embedding.half().float()
             self.text_dirty = True
         return torch.stack([self.text[p] for p in phrases]).to(self.backbone.device)

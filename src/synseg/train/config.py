@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from synseg.config import from_dict, merged
+from synseg.config import check, check_templates, finite, from_dict, merged, positive_int
 from synseg.errors import UserError
 from synseg.losses import LossConfig
 from synseg.models.synseg import SynSegConfig
@@ -45,6 +45,19 @@ class TrainConfig:
     shuffle_buffer: int = 1000  # tar shards: samples held to shuffle within a shard
     checkpoint_every: int = 500
     log_every: int = 10
+    precision: str = "auto"  # "auto": bf16 autocast on GPUs, fp32 on CPUs; "fp32"; "bf16" (also on CPU)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "iterations", "max_phrases", "shuffle_buffer", "checkpoint_every", "log_every"):
+            positive_int(name, getattr(self, name))
+        for name in ("warmup", "workers", "seed"):
+            positive_int(name, getattr(self, name), 0)
+        check("seed", self.seed, self.seed < 2**32, "below 2**32 (numpy's seed range)")
+        finite("lr", self.lr, 0.0, 10.0, open_low=True)
+        finite("weight_decay", self.weight_decay, 0.0, 10.0)
+        check("precision", self.precision, self.precision in ("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'")
+        check("resize", self.resize, self.resize in ("stretch", "crop"), "'stretch' or 'crop'")
+        check_templates("phrase_templates", self.phrase_templates)
 
 
 def recipe_config(recipe: str, overrides: dict | None = None, where: str = "config") -> TrainConfig:

@@ -17,17 +17,22 @@ from tqdm import tqdm
 from synseg.card import model_card
 from synseg.checkpoint import load_weights, save_model, write_checkpoint_files
 from synseg.config import from_dict, read_json, to_dict, write_json
-from synseg.distributed import Distributed, init_distributed
 from synseg.data.datasets import CaptionPhraseDataset, DataConfig, PhraseLoader
+from synseg.distributed import every_rank, init_distributed, place
 from synseg.errors import UserError
-from synseg.io import staged_dir
+from synseg.io import atomic_path, staged_dir
 from synseg.losses import absent_pairs, mccl_loss
-from synseg.models.fss import token_activations
+from synseg.models.fss import token_activations, token_log_inactivity
 from synseg.models.synseg import SynSeg, build_synseg
 from synseg.train.cache import FeatureCache
 from synseg.train.config import TrainConfig
 
 LAST, FINAL, STATE = "last", "final", "train_state.pt"
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs by default ("auto"), or wherever "bf16" asks for it (CPU too); None: fp32."""
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and device.type == "cuda") else None
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -38,22 +43,28 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """This process's RNG states; on a GPU only the state of the one it trains on (each rank has its own)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
     state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore `rng_state`'s states. The CUDA state is restored on this process's GPU only: a machine with fewer (or
+    no) GPUs than the one that saved resumes all the same."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):  # checkpoints before per-rank states held one state per visible GPU
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def seed_everything(seed: int) -> None:
@@ -71,8 +82,9 @@ class Trainer:
         self.config = config
         self.source = data
         self.out = Path(out)
-        self.device = device
+        self.device = device = place(device)
         self.dist = init_distributed(device)
+        self.amp = autocast_dtype(config.precision, device)
         if config.batch_size % self.dist.world:
             raise UserError(f"batch size {config.batch_size} does not split evenly over {self.dist.world} processes")
         seed_everything(config.seed)
@@ -93,8 +105,15 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------------------------------------
     def save(self, name: str) -> Path:
-        """Atomic: model + config (loadable by `synseg segment`), plus everything a resume needs."""
+        """Atomic: model + config (loadable by `synseg segment`), plus everything a resume needs, with every rank's RNG
+        states (each rank draws its own dropout masks). Every rank calls it; rank 0 writes."""
+        states = [rng_state(self.device)]
+        if self.dist.world > 1:
+            states = [None] * self.dist.world
+            dist.all_gather_object(states, rng_state(self.device))
         target = self.out / name
+        if not self.dist.main:
+            return target
         with staged_dir(target) as staging:
             write_checkpoint_files(self.model, staging)
             write_json(to_dict(self.config), staging / "train_config.json")
@@ -102,7 +121,7 @@ class Trainer:
                 "step": self.step,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "rng": rng_state(),
+                "rng": states,
                 "data": self.data.state_dict(),
             }
             torch.save(state, staging / STATE)
@@ -118,22 +137,44 @@ class Trainer:
         if to_dict(saved) != to_dict(self.config):
             raise UserError(f"--resume: {folder} was trained with another config; resume with the same --config")
         load_weights(self.model, folder)
-        state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            step, states = int(state["step"]), state["rng"]
+        except UserError:
+            raise
+        except Exception as error:  # a damaged file or a foreign pickle fails in many ways; none is worth a traceback
+            raise UserError(f"--resume: {folder / STATE} is damaged or not synseg's ({error.__class__.__name__}); "
+                            f"remove {folder} to restart from the beginning") from None
         self.data.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
-        self.step = state["step"]
+        states = states if isinstance(states, list) else [states] * self.dist.world
+        if len(states) != self.dist.world:
+            raise UserError(f"--resume: {folder} was saved by {len(states)} processes, not {self.dist.world}")
+        set_rng_state(states[self.dist.rank], self.device)
+        self.step = step
         self.truncate_log()
 
     def truncate_log(self) -> None:
-        """Drop log lines written after the checkpoint we resume from, so each step is logged once."""
+        """Drop log lines written after the checkpoint we resume from (and a line cut short by the kill), so each
+        step is logged once."""
         log = self.out / "log.jsonl"
         if self.dist.main and log.exists():
-            lines = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
-            log.write_text("".join(line + "\n" for line in lines))
+            kept = []
+            for line in log.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= self.step:
+                    kept.append(line)
+            with atomic_path(log) as tmp:
+                tmp.write_text("".join(line + "\n" for line in kept))
 
     # -- one step ------------------------------------------------------------------------------------------------------
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
+
     def features(self, images: torch.Tensor, keys: list[str]) -> list[torch.Tensor]:
         pixels = self.model.backbone.normalize(images.to(self.device, non_blocking=True))
         if self.cache is not None:
@@ -141,25 +182,37 @@ class Trainer:
         return self.model.backbone.encode_image(pixels, self.model.feature_layers)
 
     def text(self, phrases: list[str]) -> torch.Tensor:
+        """Embeddings of the batch's phrases, computed together for this batch alone (or read from the cache): a
+        phrase's embedding then depends only on its batch, which a resumed run replays, not on which earlier batch
+        first held it (a matmul's rounding depends on its other rows). Nothing grows from step to step."""
         if self.cache is not None:
             return self.cache.embed_phrases(phrases)
-        return self.model.backbone.embed_labels(phrases, self.config.phrase_templates)
+        unique = list(dict.fromkeys(phrases))
+        embedded = self.model.backbone.embed_texts(unique, self.config.phrase_templates)
+        row = {phrase: i for i, phrase in enumerate(unique)}
+        return embedded[torch.tensor([row[p] for p in phrases], device=embedded.device)]
 
     def loss(self, images: torch.Tensor, phrases: list[list[str]], keys: list[str]) -> dict[str, torch.Tensor]:
-        tokens = self.features(images, keys)
+        """The loss terms of one batch. Under bf16 autocast the frozen CLIP and the decoder run in bf16; the logits,
+        their sigmoid, the pooling and every loss term in fp32 (`token_activations`, `synergy_vectors`)."""
         flat = [p for ps in phrases for p in ps]
         image_index = torch.tensor([i for i, ps in enumerate(phrases) for _ in ps], device=self.device)
-        text = self.text(flat)
+        with self.autocast():
+            tokens = self.features(images, keys)
+            text = self.text(flat).float()
         pairs_text, pairs_image = text, image_index
         if self.config.loss.suppresses_absent(self.step):
             absent_image, absent_phrase = absent_pairs(text, image_index, self.config.loss)
             pairs_text, pairs_image = torch.cat([text, text[absent_phrase]]), torch.cat([image_index, absent_image])
         named = len(flat)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with self.autocast():
             out = self.net(tokens, pairs_text, pairs_image, named)
-        maps = token_activations(out.logits, self.model.backbone.patch_size)
+        patch = self.model.backbone.patch_size
+        absent = token_log_inactivity(out.logits[named:], patch)
+        present = token_activations(out.logits[:named], patch) if self.config.loss.present_boost else None
         return mccl_loss(out.foreground, out.background, text, image_index, self.config.loss,
-                         self.config.loss.pairwise_scale(self.step), maps[named:], maps[:named])
+                         self.config.loss.pairwise_scale(self.step), absent, present)
+
 
     # -- the loop ------------------------------------------------------------------------------------------------------
     def fit(self) -> SynSeg:
@@ -170,11 +223,19 @@ class Trainer:
         self.model.train()
         batches = iter(self.data)
         bar = tqdm(total=config.iterations, initial=self.step, desc="train", unit="it", file=sys.stderr, disable=not self.dist.main)
-        started, seen = time.perf_counter(), 0
+        started, seen, skipped = time.perf_counter(), 0, 0
+        dataset = self.data.dataset
+        epoch = math.ceil(dataset.num_records / config.batch_size) + dataset.streams  # batches per rank and epoch, and some
         while self.step < config.iterations:
             batch = next(batches)
-            if not batch.keys:
-                continue  # every image of this batch was unreadable (counted in the dataset's stats)
+            if not every_rank(len(batch.keys) > 0, self.device):  # a batch of unreadable images only (counted)
+                skipped += 1
+                if skipped > epoch:
+                    bar.close()  # before the error line, which must be the last one
+                    raise UserError(f"no usable image in {skipped} batches in a row, more than an epoch "
+                                    f"({dataset.stats['unreadable images']} unreadable images): check --data")
+                continue
+            skipped = 0
             terms = self.loss(batch.images, batch.phrases, batch.keys)
             self.optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
@@ -191,7 +252,7 @@ class Trainer:
                 with open(self.out / "log.jsonl", "a") as log:
                     log.write(json.dumps(record) + "\n")
                 bar.set_postfix(loss=f"{record['total']:.4f}")
-            if self.dist.main and (self.step % config.checkpoint_every == 0 or self.step == config.iterations):
+            if self.step % config.checkpoint_every == 0 or self.step == config.iterations:
                 self.save(LAST)
         bar.close()
         if self.dist.main:

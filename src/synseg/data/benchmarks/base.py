@@ -37,6 +37,16 @@ def read_index_png(path: Path, what: str = "label") -> np.ndarray:
         raise UserError(f"not a readable {what}: {path} ({error.__class__.__name__})") from None
 
 
+def read_text(path: Path) -> str:
+    """A layout's list file as UTF-8 text, or a one-line error."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+
+
 def reduce_zero_label(raw: np.ndarray) -> np.ndarray:
     """mmsegmentation's convention for Context and ADE: 0 ('other') is ignored and k becomes k - 1."""
     return np.where((raw == 0) | (raw == IGNORE_INDEX), IGNORE_INDEX, raw - 1)
@@ -79,7 +89,7 @@ def pair_by_stem(images: dict[str, Path], labels: dict[str, Path], problems: Lay
 def pair_from_list(split: Path, image_dir: Path, image_suffix: str, label_dir: Path, label_suffix: str,
                    problems: LayoutProblems) -> list[Sample]:
     """VOC-style splits: one stem per line of a list file, each needing an image and a label."""
-    stems = [line.strip() for line in split.read_text().splitlines() if line.strip()]
+    stems = [line.strip() for line in read_text(split).splitlines() if line.strip()]
     samples = [Sample(image_dir / f"{s}{image_suffix}", label_dir / f"{s}{label_suffix}", s) for s in stems]
     problems.unpaired(f"images listed in {split.name} but missing", [s.stem for s in samples if not s.image_path.is_file()])
     problems.unpaired(f"labels listed in {split.name} but missing", [s.stem for s in samples if not s.label_path.is_file()])

@@ -7,7 +7,7 @@ benchmark with a background class (decided by the method's threshold). Images ma
 """
 from __future__ import annotations
 
-from synseg.data.benchmarks.base import LayoutProblems, ListedSplit, Sample, pair_from_list
+from synseg.data.benchmarks.base import IGNORE_INDEX, LayoutProblems, ListedSplit, Sample, pair_from_list, read_text
 
 
 class Folder(ListedSplit):
@@ -21,9 +21,11 @@ class Folder(ListedSplit):
         classes = self.base / "classes.txt"
         if problems.missing(classes):
             return []
-        self.names = tuple(line.strip() for line in classes.read_text(encoding="utf-8").splitlines() if line.strip())
-        if not self.names:
-            problems.items.append(f"{classes} lists no class")
+        self.names = tuple(line.strip() for line in read_text(classes).splitlines() if line.strip())
+        duplicates = sorted({name for name in self.names if self.names.count(name) > 1})
+        if not self.names or len(self.names) >= IGNORE_INDEX or duplicates:
+            problems.items.append(f"{classes} lists {len(self.names)} classes{f', {duplicates[0]} twice' if duplicates else ''}"
+                                  f" (at most {IGNORE_INDEX - 1} classes, each once: {IGNORE_INDEX} marks unscored pixels)")
             return []
         self.has_background = self.names[0] == "background"
         images, labels, split = self.base / self.image_dir, self.base / self.label_dir, self.base / self.split_file
