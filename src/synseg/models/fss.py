@@ -64,7 +64,12 @@ def masked_attention_pooling(
     slot = torch.empty_like(image_index)
     slot[order] = torch.arange(len(image_index), device=image_index.device) - starts[image_index[order]]
     slots = int(counts.max())
-    bias = maps.new_zeros(images, slots, maps.shape[-1]).index_put((image_index, slot), torch.log(maps.clamp_min(1e-6)))
+
+    def per_image(rows: torch.Tensor) -> torch.Tensor:
+        """[M, ...] -> [B, Q, ...]: each pair's row in its image's slot (unused slots 0)."""
+        return rows.new_zeros(images, slots, *rows.shape[1:]).index_put((image_index, slot), rows)
+
+    bias = per_image(torch.log(maps.clamp_min(1e-6)))
     cls = block_inputs[0][image_index, 0]
     for block, x in zip(blocks, block_inputs):
         attention = block.attn
@@ -78,13 +83,11 @@ def masked_attention_pooling(
         query, own_key, own_value = (F.linear(own, w, b).unflatten(-1, (heads, -1)) for w, b in
                                      ((w_q, b_q), (w_k, b_k), (w_v, b_v)))  # [M, h, d]
         scale = query.shape[-1] ** -0.5
-        grid = query.new_zeros(images, slots, *query.shape[1:]).index_put((image_index, slot), query)
-        patch_logits = torch.einsum("bqhd,bhtd->bqht", grid, keys) * scale + bias[:, :, None]  # [B, Q, h, HW]
+        patch_logits = torch.einsum("bqhd,bhtd->bqht", per_image(query), keys) * scale  # [B, Q, h, HW]
+        patch_logits = patch_logits + bias[:, :, None]
         logits = torch.cat([(query * own_key).sum(-1, keepdim=True) * scale, patch_logits[image_index, slot]], dim=-1)
         weights = torch.softmax(logits, dim=-1)  # [M, h, 1 + HW]
-        patch_mix = torch.einsum("bqht,bhtd->bqhd",
-                                 weights.new_zeros(images, slots, *weights.shape[1:-1], weights.shape[-1] - 1)
-                                 .index_put((image_index, slot), weights[..., 1:]), values)[image_index, slot]
+        patch_mix = torch.einsum("bqht,bhtd->bqhd", per_image(weights[..., 1:]), values)[image_index, slot]
         mixed = weights[..., :1] * own_value + patch_mix  # [M, h, d]
         cls = cls + block.ls_1(attention.out_proj(mixed.flatten(1)))
         cls = cls + block.ls_2(block.mlp(block.ln_2(cls)))
