@@ -72,7 +72,7 @@ def test_recipes_lie_under_a_config_file() -> None:
 
     measured = recipe_config("measured", {"loss": {"intra_separate": 0.5}, "iterations": 7})
     assert (measured.loss.intra_align, measured.loss.intra_separate, measured.loss.inter_foreground) == (1.0, 0.5, 0.0)
-    assert measured.loss.absent_suppress == 1.0 and measured.iterations == 7
+    assert (measured.loss.absent_suppress, measured.loss.present_boost, measured.iterations) == (0.1, 0.1, 7)
     assert measured.model.pool_source == "attention"
     assert recipe_config("paper") == TrainConfig()
     with pytest.raises(UserError, match="unknown recipe"):

@@ -19,13 +19,14 @@ def test_shipped_world_clip_lets_the_baseline_beat_chance(tmp_path):
 
 
 def test_quick_world_learns_to_segment_from_captions(tmp_path):
-    """`synseg world --quick`: captions -> phrases -> train -> eval. The default recipe reads things above chance and
-    stuff above MaskCLIP in every seed measured (docs/world.md, the quick test); its margin over MaskCLIP on things is
-    not asserted: at the quick run's 300 iterations one seed of three is level with it."""
+    """`synseg world --quick`: captions -> phrases -> train -> eval. Over seeds 0-2 the default recipe's margin over
+    MaskCLIP was 18.0-21.0 points on seen things and 4.8-10.2 on unseen ones, against seed spreads (std) of 1.6 and 2.9
+    (docs/world.md, the quick test): the thresholds lie above those spreads and below every seed's margin."""
     assert synseg(["world", "--quick", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
     trained = rows[DEFAULT_ROW]
     maskclip, chance = rows["MaskCLIP (training-free)"], rows["Chance (uniform random labels)"]
-    assert trained["seen"][0] > chance["seen"][0] + 5, rows
-    assert trained["stuff"][0] > maskclip["stuff"][0] + 5, rows
-    assert trained["all"][0] > maskclip["all"][0], rows
+    assert trained["seen"][0] > maskclip["seen"][0] + 10, rows
+    assert trained["unseen"][0] > maskclip["unseen"][0] + 3, rows
+    assert trained["seen"][0] > chance["seen"][0] + 20, rows
+    assert trained["stuff"][0] > maskclip["stuff"][0] + 10, rows

@@ -51,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n(mIoU % over {args.scenes} generated scenes; figure: {figure}; scenes: {scenes}; scores: {out / 'scores.json'})")
     if not args.checkpoint:
         print("The shipped model is synseg train's default recipe (docs/world.md: L1 with CLIP's masked class-token "
-              "pooling, absent and present terms), trained on captions of the synthetic world for 600 iterations; its "
+              "pooling, absent and present terms), trained on captions of the synthetic world for 400 iterations; its "
               "CLIP is the 7.8M-parameter world CLIP.", file=sys.stderr)
     return 0

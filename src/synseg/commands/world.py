@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="experiment folder (world, phrases, cache, runs, report.json); reruns reuse it")
     parser.add_argument("--clip", help="world CLIP weights (default: the one shipped with synseg)")
     parser.add_argument("--quick", action="store_true",
-                        help="the 2-minute variant: one seed, L1 with absent-category suppression vs MaskCLIP vs chance")
+                        help="the quick variant (a test): one seed of the default recipe on a smaller world vs MaskCLIP vs chance")
     parser.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="processes the seeds run in, one thread each (default 2; docs/world.md)")
