@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the quick variant (a test): one seed of the default recipe on a smaller world vs MaskCLIP vs chance")
     parser.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2)")
     parser.add_argument("--jobs", type=int, default=2,
-                        help="processes the seeds run in, one thread each (default 2; docs/world.md)")
+                        help="processes the table's (seed, row) cells run in, one thread each (default 2; a single "
+                             "cell to train trains on every thread; docs/world.md)")
     parser.add_argument("--config", help="JSON file of WorldConfig fields to override, e.g. {\"model\": {\"pool_source\": "
                                          "\"unconditional\"}} (merged over the --quick settings when both are given)")
 
