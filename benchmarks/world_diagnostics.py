@@ -10,6 +10,9 @@
     python benchmarks/world_diagnostics.py regions [--clip FILE] [--scenes 300]
         what FSS can read of a region: each thing's ground-truth token mask turned into one CLIP-space vector in the
         ways FSS could pool it, and how often that vector's nearest thing phrase is the right one
+    python benchmarks/world_diagnostics.py sizes WORLD_TEST_DIR [CHECKPOINT ...]
+        how many patch tokens each thing covers where it is visible (what `loss.present_tokens` is set against), and
+        per checkpoint how much of each present thing its map covers and how much of that map lies outside the thing
 """
 from __future__ import annotations
 
@@ -162,6 +165,33 @@ def maps(checkpoint: str, test: Path, images: int) -> None:
         print(f"{path.name}: in/out {'; '.join(inside_outside)} | argmax {', '.join(f'{CLASSES[w]} {c}' for c, w in top)}")
 
 
+@torch.no_grad()
+def sizes(test: Path, checkpoints: list[str]) -> None:
+    """A thing's visible area in tokens is its pixels over patch x patch (the world's scenes are the CLIP's input size);
+    a map covers a pixel where its activation passes the model's background threshold."""
+    paths = sorted((test / "JPEGImages").glob("*.png"))
+    labels = [np.asarray(Image.open(test / "SegmentationClass" / path.name)) for path in paths]
+    patch = ClipBackbone(BackboneConfig(ARCHITECTURE, str(SHIPPED_CLIP))).patch_size
+    things = [index for index, name in enumerate(CLASSES) if name not in STUFF]
+    areas = np.array([(label == index).sum() / patch**2 for label in labels for index in things if (label == index).any()])
+    print(f"{len(areas)} visible things in {len(paths)} scenes; tokens covered, percentiles 10/25/50/75/90: "
+          f"{' / '.join(f'{v:.1f}' for v in np.percentile(areas, [10, 25, 50, 75, 90]))}; "
+          + ", ".join(f"under {k}: {(areas < k).mean():.0%}" for k in (4, 8, 12)))
+    for checkpoint in checkpoints:
+        model = load_model(checkpoint, "cpu")
+        text = model.backbone.embed_labels(list(CLASSES), model.config.templates)
+        covered, outside = [], []
+        for path, label in zip(paths, labels):
+            pixels = backbone_pixels(model.backbone, np.asarray(Image.open(path).convert("RGB")))
+            fires = model.activation_maps(pixels, text)[0].numpy() > model.config.background_threshold
+            for index in np.intersect1d(np.unique(label), things):
+                region = label == index
+                covered.append(fires[index][region].mean())
+                outside.append(fires[index][~region].sum() / max(fires[index].sum(), 1))
+        print(f"{checkpoint}: a present thing's map covers {np.mean(covered):.0%} of it; "
+              f"{np.mean(outside):.0%} of the map lies outside it")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -173,11 +203,16 @@ def main() -> None:
     pooling = commands.add_parser("regions")
     pooling.add_argument("--clip", type=Path, default=SHIPPED_CLIP)
     pooling.add_argument("--scenes", type=int, default=300)
+    size = commands.add_parser("sizes")
+    size.add_argument("test", type=Path)
+    size.add_argument("checkpoints", nargs="*")
     args = parser.parse_args()
     if args.command == "clip":
         clip(args.clip)
     elif args.command == "regions":
         regions(args.clip, args.scenes)
+    elif args.command == "sizes":
+        sizes(args.test, args.checkpoints)
     else:
         maps(args.checkpoint, args.test, args.images)
 

@@ -55,6 +55,8 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
     blocker.write_text("")
     world_config = tmp_path / "world.json"
     world_config.write_text('{"model": {"pool_source": "conditional"}, "iterations": 5}')
+    no_variants = tmp_path / "no-variants.json"
+    no_variants.write_text('{"variants": []}')
     cases = {
         "unknown key(s) iterations": ["world", "--out", str(tmp_path / "w"), "--config", str(world_config)],
         "image not found": ["segment", str(tmp_path / "missing.jpg"), "--labels", "cat", "--out", str(tmp_path / "o"), *TINY],
@@ -66,6 +68,8 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
         "cannot write to output folder": ["segment", str(image), "--labels", "cat", "--out", str(blocker / "sub"), *TINY],
         "neither an existing file nor a tag": ["info", "--backbone", "ViT-B-16", "--pretrained", "no_such_tag"],
         "1 <= --show <= --scenes": ["demo", "--out", str(tmp_path / "d"), "--scenes", "2", "--show", "3"],
+        "--seeds must be comma-separated integers": ["world", "--out", str(tmp_path / "w"), "--seeds", ""],
+        "at least one seed and one variant": ["world", "--out", str(tmp_path / "w"), "--config", str(no_variants)],
     }
     for message, argv in cases.items():
         result = synseg(*argv)

@@ -36,7 +36,7 @@ class LossConfig:
     absent_text_gate: float = 0.8  # a phrase is not taken as absent if its text is this close to one of the image's own
     absent_start: int = 0  # iterations of the named terms alone before absent_suppress comes in
     present_boost: float = 0.0  # not in the paper: each named phrase's map must fire somewhere (see present_loss)
-    present_tokens: int = 4  # its strongest tokens, whose mean activation is pushed towards 1
+    present_tokens: int = 8  # its strongest tokens, whose mean activation is pushed towards 1
     background_text: float = 0.0  # not in the paper: bg_k must not read as t_k among the batch's phrases (as CLIMS)
 
     def __post_init__(self) -> None:

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(overrides, dict):
         raise UserError(f"{args.config}: expected a JSON object of WorldConfig fields")
     config = from_dict(WorldConfig, {"clip": clip, **(QUICK if args.quick else {}), **overrides}, "world config")
-    if args.seeds:
+    if args.seeds is not None:
         try:
             config = dataclasses.replace(config, seeds=tuple(int(s) for s in args.seeds.split(",")))
         except ValueError:
