@@ -172,7 +172,7 @@ def sizes(test: Path, checkpoints: list[str]) -> None:
     paths = sorted((test / "JPEGImages").glob("*.png"))
     labels = [np.asarray(Image.open(test / "SegmentationClass" / path.name)) for path in paths]
     patch = ClipBackbone(BackboneConfig(ARCHITECTURE, str(SHIPPED_CLIP))).patch_size
-    things = [index for index, name in enumerate(CLASSES) if name not in STUFF]
+    things = [CLASSES.index(name) for name in THINGS]
     areas = np.array([(label == index).sum() / patch**2 for label in labels for index in things if (label == index).any()])
     print(f"{len(areas)} visible things in {len(paths)} scenes; tokens covered, percentiles 10/25/50/75/90: "
           f"{' / '.join(f'{v:.1f}' for v in np.percentile(areas, [10, 25, 50, 75, 90]))}; "

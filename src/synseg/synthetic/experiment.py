@@ -30,7 +30,7 @@ from synseg.errors import UserError
 from synseg.eval.evaluator import evaluate
 from synseg.eval.methods import TRAINING_FREE, training_free_methods
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
-from synseg.synthetic.world import CLASSES, SEEN_THINGS, STUFF, UNSEEN_THINGS, write_split
+from synseg.synthetic.world import CLASSES, SEEN_THINGS, STUFF, THINGS, UNSEEN_THINGS, write_split
 from synseg.train.config import RECIPES, TrainConfig
 
 ARCHITECTURE = "synseg-world-clip"
@@ -209,7 +209,7 @@ def summarise(per_class: dict) -> dict[str, float]:
     def mean(names) -> float:
         values = [per_class[n] for n in names if per_class.get(n) is not None]
         return statistics.fmean(values) if values else float("nan")
-    return {"seen": mean(SEEN_THINGS), "unseen": mean(UNSEEN_THINGS), "things": mean(SEEN_THINGS + UNSEEN_THINGS),
+    return {"seen": mean(SEEN_THINGS), "unseen": mean(UNSEEN_THINGS), "things": mean(THINGS),
             "stuff": mean(STUFF), "all": mean(CLASSES)}
 
 
