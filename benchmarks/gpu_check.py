@@ -114,7 +114,7 @@ class Check:
         config = {"model": {"backbone": {"name": backbone, "pretrained": None}}, "batch_size": 32 if self.gpu else 4,
                   "iterations": 50 if self.gpu else 6, "workers": 2, "warmup": 5, "log_every": 1, "max_phrases": 2,
                   "precision": "bf16" if self.gpu else "fp32",  # bf16 on this CPU: no bf16 units, ~90x slower
-                  "loss": {"absent_suppress": 1.0, "absent_text_gate": 0.9999}, **changes}
+                  "loss": {"absent_suppress": 1.0, "absent_text_quantile": 1.0}, **changes}
         path = self.out / f"{name}.json"
         path.write_text(json.dumps(config))
         return path

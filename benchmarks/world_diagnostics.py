@@ -10,6 +10,10 @@
     python benchmarks/world_diagnostics.py regions [--clip FILE] [--scenes 300]
         what FSS can read of a region: each thing's ground-truth token mask turned into one CLIP-space vector in the
         ways FSS could pool it, and how often that vector's nearest thing phrase is the right one
+    python benchmarks/world_diagnostics.py readout WORLD_TEST_DIR [--clip FILE]
+        where the per-token CLS readout goes wrong: its mIoU, its mIoU when each scene's argmax is restricted to the
+        classes the scene holds, how many instances of each unseen thing the scenes hold, and where its wrongly
+        labelled thing pixels go (an absent thing of the same colour, of the same pattern, stuff, ...)
     python benchmarks/world_diagnostics.py sizes WORLD_TEST_DIR [CHECKPOINT ...]
         how many patch tokens each thing covers where it is visible (what `loss.present_tokens` is set against), and
         per checkpoint how much of each present thing its map covers and how much of that map lies outside the thing
@@ -30,8 +34,10 @@ from synseg.models.backbone import ClipBackbone
 from synseg.models.fss import masked_attention_pooling
 from synseg.eval.methods.maskclip import MaskCLIP
 from synseg.synthetic import tiny_clip
-from synseg.synthetic.experiment import ARCHITECTURE, SHIPPED_CLIP, WorldConfig
-from synseg.synthetic.world import CLASSES, MAX_THINGS, PATTERNS, STUFF, THINGS, make_scene, scene_rng
+from synseg.eval.methods.readout import CLSReadout
+from synseg.models.synseg import DEFAULT_TEMPLATES
+from synseg.synthetic.experiment import ARCHITECTURE, SHIPPED_CLIP, WorldConfig, group_miou
+from synseg.synthetic.world import CLASSES, MAX_THINGS, PATTERNS, STUFF, THINGS, UNSEEN_THINGS, make_scene, scene_rng
 
 
 def backbone_pixels(backbone: ClipBackbone, image: np.ndarray) -> torch.Tensor:
@@ -193,6 +199,52 @@ def sizes(test: Path, checkpoints: list[str]) -> None:
               f"{np.mean(outside):.0%} of the map lies outside it")
 
 
+def scene_totals(prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """[3, K] intersection, ground-truth and predicted pixels of each class in one scene."""
+    k = len(CLASSES)
+    return np.stack([np.bincount(label[prediction == label], minlength=k), np.bincount(label.ravel(), minlength=k),
+                     np.bincount(prediction.ravel(), minlength=k)])
+
+
+@torch.no_grad()
+def readout(test: Path, path: Path) -> None:
+    backbone = ClipBackbone(BackboneConfig(ARCHITECTURE, str(path)))
+    method = CLSReadout(backbone)
+    text = backbone.embed_labels(list(CLASSES), DEFAULT_TEMPLATES)
+    paths = sorted((test / "JPEGImages").glob("*.png"))
+    free, restricted, errors, instances = [], [], {}, dict.fromkeys(UNSEEN_THINGS, 0)
+    for path_ in paths:
+        label = np.asarray(Image.open(test / "SegmentationClass" / path_.name)).astype(np.int64)
+        logits = method.logits(backbone_pixels(backbone, np.asarray(Image.open(path_).convert("RGB"))), text)[0]
+        present = np.unique(label)
+        hidden = torch.ones(len(CLASSES), dtype=torch.bool)
+        hidden[torch.from_numpy(present)] = False
+        prediction = logits.argmax(0).numpy()
+        free.append(scene_totals(prediction, label))
+        restricted.append(scene_totals(logits.masked_fill(hidden[:, None, None], -2.0).argmax(0).numpy(), label))
+        for index in present:
+            name = CLASSES[index]
+            if name in instances:
+                instances[name] += 1
+            if name in STUFF:
+                continue
+            wrong = prediction[(label == index) & (prediction != index)]
+            errors["right"] = errors.get("right", 0) + int(((label == index) & (prediction == index)).sum())
+            for other, count in zip(*np.unique(wrong, return_counts=True)):
+                guess = CLASSES[other]
+                kind = ("stuff" if guess in STUFF else "a thing of the same colour" if guess.split()[0] == name.split()[0]
+                        else "a thing of the same pattern" if guess.split()[1] == name.split()[1] else "another thing")
+                kind += " in the scene" if other in present else " not in the scene"
+                errors[kind] = errors.get(kind, 0) + int(count)
+    for title, totals in (("readout", free), ("readout, argmax over the scene's own classes", restricted)):
+        scores = group_miou(np.sum(totals, axis=0))
+        print(f"{title}: " + ", ".join(f"{key} {float(value):.1f}" for key, value in scores.items()))
+    print(f"{len(paths)} scenes; scenes holding each unseen thing: " + ", ".join(f"{n} {c}" for n, c in instances.items()))
+    total = sum(errors.values())
+    print("thing pixels: " + ", ".join(f"{kind} {count / total:.1%}" for kind, count in
+                                      sorted(errors.items(), key=lambda item: -item[1])))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +256,9 @@ def main() -> None:
     pooling = commands.add_parser("regions")
     pooling.add_argument("--clip", type=Path, default=SHIPPED_CLIP)
     pooling.add_argument("--scenes", type=int, default=300)
+    confusion = commands.add_parser("readout")
+    confusion.add_argument("test", type=Path)
+    confusion.add_argument("--clip", type=Path, default=SHIPPED_CLIP)
     size = commands.add_parser("sizes")
     size.add_argument("test", type=Path)
     size.add_argument("checkpoints", nargs="*")
@@ -212,6 +267,8 @@ def main() -> None:
         clip(args.clip)
     elif args.command == "regions":
         regions(args.clip, args.scenes)
+    elif args.command == "readout":
+        readout(args.test, args.clip)
     elif args.command == "sizes":
         sizes(args.test, args.checkpoints)
     else:

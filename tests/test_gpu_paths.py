@@ -129,7 +129,7 @@ def test_bf16_training_step_on_cpu_gives_finite_fp32_terms(tmp_path):
     (folder / "captions.jsonl").write_text("\n".join(f'{{"image": "{i}.png", "caption": "a cat"}}' for i in range(4)))
     config = from_dict(TrainConfig, {"model": {"backbone": {"name": "synseg-tiny", "pretrained": None}},
                                      "batch_size": 4, "workers": 0, "precision": "bf16",
-                                     "loss": {"absent_suppress": 1.0, "absent_text_gate": 0.9999}})
+                                     "loss": {"absent_suppress": 1.0, "absent_text_quantile": 1.0}})
     run = trainer.Trainer(config, str(folder), str(tmp_path / "p.jsonl"), tmp_path / "run", torch.device("cpu"))
     assert run.amp == torch.bfloat16
     batch = next(iter(run.data))

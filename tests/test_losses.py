@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from synseg.losses import LossConfig, absent_pairs, mccl_loss
+from synseg.losses import LossConfig, absent_pairs, caption_readout_loss, mccl_loss, present_loss, text_gate
 from synseg.models.fss import synergy_vectors, token_activations
 
 
@@ -126,6 +126,10 @@ def test_absent_phrases_come_from_other_captions_and_never_near_the_images_own()
     negatives = {(int(i), int(p)) for i, p in pairs.T}
     assert negatives == {(0, 2), (0, 3), (1, 3), (2, 0), (2, 1), (2, 2)}
     assert absent_pairs(text, image, LossConfig(absent_phrases=1)).shape == (2, 3)
+    # "hard": the distinct phrases with the highest hardness in each image (columns: water, water, star, sand)
+    hardness = torch.tensor([[0.0, 0.0, 0.2, 0.7], [0.0, 0.0, 0.0, 0.5], [0.3, 0.9, 0.8, 0.0]])
+    hard = absent_pairs(text, image, LossConfig(absent_phrases=2, absent_choice="hard"), hardness)
+    assert [(int(i), int(p)) for i, p in hard.T] == [(0, 3), (0, 2), (1, 3), (2, 2), (2, 0)]  # water's 2nd column never
 
 
 def test_absent_maps_are_pushed_to_zero_by_cross_entropy():
@@ -142,10 +146,15 @@ def test_absent_maps_are_pushed_to_zero_by_cross_entropy():
 
 
 def test_softmax_alignment_is_cross_entropy_over_the_batchs_phrases_without_synonyms():
-    """align "softmax": L1 is -log softmax(scale * cos(fg_k, t))_k over the batch's distinct phrases; a phrase within
-    absent_text_gate of a pair's own (a near-synonym) is left out of that pair's denominator."""
-    config = LossConfig(intra_separate=0, inter_background=0, inter_foreground=0, align="softmax", logit_scale=10.0)
-    cat, dog, kitty = unit(1, 0, 0), unit(0, 1, 0), unit(0.95, 0.05, 0)  # "kitty" is within 0.8 of "cat"
+    """align "softmax": L1 is -log softmax(scale * cos(fg_k, t))_k over the batch's distinct phrases; a phrase closer
+    to a pair's own than the absent_text_quantile of the distinct phrases' cosines (a near-synonym) is left out of that
+    pair's denominator."""
+    config = LossConfig(intra_separate=0, inter_background=0, inter_foreground=0, align="softmax", logit_scale=10.0,
+                        absent_text_quantile=0.6)
+    # cosines between the distinct phrases: 0 (cat, dog), 0.05 (dog, kitty), 0.9986 (cat, kitty); of the 6 ordered
+    # pairs the 0.6 quantile is the 4th smallest, 0.05: "kitty" is a synonym of "cat", "dog" of nothing
+    cat, dog, kitty = unit(1, 0, 0), unit(0, 1, 0), unit(0.95, 0.05, 0)
+    assert float(text_gate(torch.stack([cat, dog, kitty]), 0.6)) == pytest.approx(0.0525, abs=1e-3)
     text = torch.stack([cat, dog, cat, kitty])  # image 0: cat, dog; image 1: cat, kitty
     fg = torch.stack([unit(1, 0.2, 0), unit(0.1, 1, 0), unit(1, 0.2, 0), unit(1, 0.2, 0)])
     image_index = torch.tensor([0, 0, 1, 1])
@@ -157,3 +166,24 @@ def test_softmax_alignment_is_cross_entropy_over_the_batchs_phrases_without_syno
     image0 = (nll(fg[0], cat, [dog]) + nll(fg[1], dog, [cat, kitty])) / 2
     image1 = (nll(fg[2], cat, [dog]) + nll(fg[3], kitty, [dog])) / 2
     torch.testing.assert_close(terms["intra_align"], (image0 + image1) / 2)
+
+
+def test_present_term_takes_a_share_of_the_tokens():
+    """The mean of each map's strongest share of tokens (at least one) is pushed towards 1."""
+    maps = torch.tensor([[0.9, 0.8, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]])
+    top2 = torch.tensor(0.85)
+    torch.testing.assert_close(present_loss(maps, 0.25), -torch.log(top2))
+    torch.testing.assert_close(present_loss(maps, 0.01), -torch.log(torch.tensor(0.9)))  # one token at least
+
+
+def test_caption_readout_targets_the_best_matching_named_phrase_per_pixel():
+    """Per pixel, target 1 for the image's named phrase with the highest readout cosine, 0 for its others; another
+    image's phrases do not compete."""
+    cosine = torch.tensor([[0.9, 0.1], [0.2, 0.3], [0.0, -0.5]]).view(3, 1, 1, 2)  # pairs 0, 1 of image 0; 2 of image 1
+    image_index = torch.tensor([0, 0, 1])
+    logits = torch.zeros(3, 1, 1, 2, requires_grad=True)
+    loss = caption_readout_loss(logits, cosine, image_index)
+    loss.backward()
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]).view(3, 1, 1, 2)
+    assert torch.equal(torch.sign(-logits.grad), 2 * target - 1)  # pushed up where the target is 1, down elsewhere
+    torch.testing.assert_close(loss, torch.tensor(math.log(2)))

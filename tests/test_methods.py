@@ -107,7 +107,7 @@ def test_methods_run_on_windows_larger_than_clip_input(tiny_model):
 
 
 def test_registry_names_presets_and_errors():
-    assert training_free_methods() == ("maskclip", "sclip", "clearclip", "naclip")
+    assert training_free_methods() == ("maskclip", "sclip", "clearclip", "naclip", "readout")
     assert [str(m) for m in parse_methods("sclip:voc, naclip,synseg,naclip")] == ["sclip:voc", "naclip", "synseg"]
     assert parse_method("sclip:voc").title == "SCLIP (voc)" and parse_method("clearclip").title == "ClearCLIP"
     with pytest.raises(UserError, match="unknown method 'sam'"):
@@ -135,3 +135,32 @@ def test_a_class_with_several_names_scores_the_best_of_them(tiny_model):
     both = segmenter.activations(image, [("sky", "wall"), "cat", "dog"], views=1)
     assert (result.label_map == both.argmax(dim=0).numpy()).all()  # background names win as class 0
     assert result.labels == ["cat", "dog"] and result.activations.shape == (2, 40, 48)
+
+
+def test_readout_is_the_class_token_attending_to_itself_and_one_patch_token_in_every_block(tiny_model):
+    """The CLS readout against open_clip's own blocks run on two-token sequences [class token, patch token i], the
+    patch tokens taken from CLIP's unmasked pass."""
+    backbone = copy.deepcopy(tiny_model.backbone)
+    visual = backbone.clip.visual
+    for block in visual.transformer.resblocks:
+        randomise_biases(block)
+    pixels = backbone.normalize(torch.rand(2, 3, backbone.image_size, backbone.image_size))
+    with torch.no_grad():
+        x, inputs = visual._embeds(pixels), []
+        for block in visual.transformer.resblocks:
+            inputs.append(x)
+            x = block(x)
+        per_token = []
+        for i in range(1, x.shape[1]):
+            cls = inputs[0][:, :1]
+            for block, tokens in zip(visual.transformer.resblocks, inputs):
+                y = block.ln_1(torch.cat([cls, tokens[:, i:i + 1]], dim=1))
+                cls = cls + block.ls_1(block.attn(y[:, :1], y, y, need_weights=False)[0])
+                cls = cls + block.ls_2(block.mlp(block.ln_2(cls)))
+            per_token.append(cls)
+        expected = torch.nn.functional.normalize(visual.ln_post(torch.cat(per_token, dim=1)) @ visual.proj, dim=-1)
+    got = build_training_free("readout", backbone).dense_features(pixels)
+    torch.testing.assert_close(got.flatten(2).transpose(1, 2), expected, rtol=1e-5, atol=1e-5)
+    # not CLIP's dense tokens (the value path): the readout is its own route
+    maskclip = build_training_free("maskclip", backbone).dense_features(pixels)
+    assert not torch.allclose(got, maskclip, atol=1e-2)

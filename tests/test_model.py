@@ -205,3 +205,22 @@ def test_outputs_get_ordinary_file_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_an_untrained_model_with_the_readout_prior_is_the_readout(tiny_model):
+    """prior "readout": the decoder's last layer starts at zero, so an untrained model's maps are the CLS readout's
+    class probabilities, for any label set; training then learns a correction."""
+    from synseg.eval.methods import build_training_free
+
+    torch.manual_seed(4)
+    model = build_synseg(SynSegConfig(backbone=BackboneConfig("synseg-tiny", None), prior="readout",
+                                      pool_source="attention")).eval()
+    model.backbone.load_state_dict(tiny_model.backbone.state_dict())
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    labels = ["cat", "dog", "sofa", "rug"]
+    ours = Segmenter(model).activations(image, labels, views=1)
+    readout = Segmenter(build_training_free("readout", model.backbone)).activations(image, labels, views=1)
+    torch.testing.assert_close(ours, readout, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        model.decoder.upsample.bias.fill_(1.0)  # a correction moves the maps off the readout
+    assert not torch.allclose(Segmenter(model).activations(image, labels, views=1), readout, atol=1e-2)

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -185,3 +186,24 @@ def test_a_backdrop_puts_a_second_named_stuff_above_the_horizon() -> None:
     assert plain.backdrop is None and np.array_equal(plain.image, same.image) and plain.caption == same.caption
     with pytest.raises(UserError):
         make_scene(0, backdrop=1.5)
+
+
+WORLD_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "world").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", WORLD_CONFIGS, ids=lambda path: path.name)
+def test_every_shipped_world_config_makes_valid_rows(path) -> None:
+    """Each config under benchmarks/world loads as a WorldConfig whose every variant builds its training config."""
+    from synseg.config import from_dict
+    from synseg.synthetic.experiment import WorldConfig, check_rows
+
+    check_rows(from_dict(WorldConfig, {"clip": "world-clip.safetensors", **json.loads(path.read_text())}, path.name))
+
+
+def test_a_row_with_a_bad_field_fails_before_anything_runs(tmp_path) -> None:
+    from synseg.synthetic.experiment import WorldConfig, run_experiment
+
+    config = WorldConfig(clip="x", variants=("bad",), rows={"bad": {"loss": {"present_share": 2.0}}})
+    with pytest.raises(UserError, match="present_share"):
+        run_experiment(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -221,7 +221,7 @@ def test_absent_suppression_adds_its_term_and_leaves_the_named_terms_alone(capti
     terms = {}
     for weight in (0.0, 0.5):
         # a random tiny CLIP puts all texts close together: gate only identical phrases
-        loss = {"absent_suppress": weight, "absent_phrases": 2, "absent_text_gate": 0.9999}
+        loss = {"absent_suppress": weight, "absent_phrases": 2, "absent_text_quantile": 1.0}
         config = from_dict(TrainConfig, {**TINY_CONFIG, "loss": loss})
         trainer = Trainer(config, str(data), str(phrases), tmp_path / str(weight), torch.device("cpu"))
         trainer.model.eval()  # no dropout: the extra pairs would draw other masks

@@ -1,17 +1,20 @@
 """Multi-Category Contrastive Learning (paper Eq. 3-8, METHOD.md 3) over the FSS synergy vectors."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from synseg.config import check, finite, positive_int
+from synseg.models.readout import per_image_max
 
 TERMS = ("intra_align", "intra_separate", "inter_background", "inter_foreground")
 SIMILARITIES = ("shifted", "clamped_cos")
 FOREGROUND_GATES = ("none", "text")
 ALIGNMENTS = ("similarity", "softmax")
+ABSENT_CHOICES = ("random", "hard")
 
 
 @dataclass
@@ -33,26 +36,32 @@ class LossConfig:
     pairwise_ramp: int = 0  # iterations over which L2-L4's weights then grow linearly to their full value
     absent_suppress: float = 0.0  # not in the paper: maps of phrases from other captions pushed to 0 (see absent_loss)
     absent_phrases: int = 4  # such phrases decoded per image
-    absent_text_gate: float = 0.8  # a phrase is not taken as absent if its text is this close to one of the image's own
+    # a phrase is not taken as absent if its text is closer to one of the image's own than this quantile of the cosines
+    # between the batch's distinct phrases (0.975: 0.80 in the world, where 0.8 was the fixed gate; see text_gate)
+    absent_text_quantile: float = 0.975
     absent_start: int = 0  # iterations of the named terms alone before absent_suppress comes in
+    # which phrases: "random" ones, or "hard": those the frozen CLIP's per-token readout finds most of in the image
+    absent_choice: str = "random"
     present_boost: float = 0.0  # not in the paper: each named phrase's map must fire somewhere (see present_loss)
-    present_tokens: int = 8  # its strongest tokens, whose mean activation is pushed towards 1
+    present_share: float = 0.125  # share of the image's tokens, the strongest, whose mean activation is pushed to 1
     background_text: float = 0.0  # not in the paper: bg_k must not read as t_k among the batch's phrases (as CLIMS)
+    caption_readout: float = 0.0  # not in the paper: named maps towards the readout restricted to the caption's phrases
 
     def __post_init__(self) -> None:
         check("similarity", self.similarity, self.similarity in SIMILARITIES, f"one of {SIMILARITIES}")
         check("align", self.align, self.align in ALIGNMENTS, f"one of {ALIGNMENTS}")
+        check("absent_choice", self.absent_choice, self.absent_choice in ABSENT_CHOICES, f"one of {ABSENT_CHOICES}")
         check("foreground_gate", self.foreground_gate, self.foreground_gate in FOREGROUND_GATES, f"one of {FOREGROUND_GATES}")
-        for name in (*TERMS, "absent_suppress", "present_boost", "background_text"):
+        for name in (*TERMS, "absent_suppress", "present_boost", "background_text", "caption_readout"):
             finite(name, getattr(self, name))
         finite("logit_scale", self.logit_scale, 0.0, open_low=True)
         finite("separation_gate", self.separation_gate, -1.0, 1.0)
-        finite("absent_text_gate", self.absent_text_gate, -1.0, 1.0)
+        finite("absent_text_quantile", self.absent_text_quantile, 0.0, 1.0)
+        finite("present_share", self.present_share, 0.0, 1.0, open_low=True)
         finite("eps", self.eps, 0.0, 0.25, open_low=True)
         for name in ("pairwise_start", "pairwise_ramp", "absent_start"):
             positive_int(name, getattr(self, name), 0)
         positive_int("absent_phrases", self.absent_phrases)
-        positive_int("present_tokens", self.present_tokens)
 
     def pairwise_scale(self, step: int) -> float:
         """Factor on L2-L4's weights at this step.
@@ -93,26 +102,51 @@ def per_image_mean(values: torch.Tensor, image: torch.Tensor, mask: torch.Tensor
     return (sums[present] / counts[present]).mean()
 
 
+def text_gate(unit_text: torch.Tensor, quantile: float) -> torch.Tensor:
+    """The cosine above which two phrases count as one: the `quantile` (nearest rank) of the cosines between the
+    distinct phrases of `unit_text` [N, E] (unit rows). Set from the batch's own similarities, not as a fixed cosine, because how alike
+    unrelated prompts are differs between CLIPs (0.38 on average in the world, far more for real CLIP's prompts that
+    share a template). A batch with one distinct phrase has no pairs: only identical texts then count as one."""
+    distinct = torch.unique(unit_text, dim=0)
+    if len(distinct) < 2:
+        return unit_text.new_tensor(1.0 - 1e-6)
+    cosine = distinct @ distinct.T
+    pairs = cosine[~torch.eye(len(distinct), dtype=torch.bool, device=cosine.device)]
+    # the nearest-rank quantile: torch.quantile refuses more than 2^24 values, a batch of 4,097 distinct phrases
+    return pairs.kthvalue(max(1, math.ceil(quantile * len(pairs)))).values
+
+
 def phrase_logits(vectors: torch.Tensor, text: torch.Tensor, config: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled cosines [N, C] of unit vectors to the batch's C distinct unit phrase embeddings, and each pair's own
-    phrase's column [N]. Phrases within `absent_text_gate` of a pair's own are left out of its row: a near-synonym
-    ("red stripe" for "red stripes") is no negative."""
+    phrase's column [N]. Phrases above `text_gate` of a pair's own are left out of its row: a near-synonym ("red
+    stripe" for "red stripes") is no negative."""
     candidates = torch.unique(text, dim=0)
     text_cos = text @ candidates.T
     own = text_cos.argmax(-1)
-    synonyms = (text_cos > config.absent_text_gate) & (F.one_hot(own, len(candidates)) == 0)
+    synonyms = (text_cos > text_gate(text, config.absent_text_quantile)) & (F.one_hot(own, len(candidates)) == 0)
     return (config.logit_scale * vectors @ candidates.T).masked_fill(synonyms, float("-inf")), own
 
 
-def absent_pairs(text: torch.Tensor, image_index: torch.Tensor, config: LossConfig) -> torch.Tensor:
+def absent_pairs(text: torch.Tensor, image_index: torch.Tensor, config: LossConfig,
+                 hardness: torch.Tensor | None = None) -> torch.Tensor:
     """[2, M] (image, phrase index) pairs: per image up to `absent_phrases` phrases of the batch's other captions, none
-    within `absent_text_gate` cosine of the image's own phrases ("a lake" is no negative for an image of "water")."""
+    above `text_gate` of the image's own phrases ("a lake" is no negative for an image of "water"). Drawn at random,
+    or with `hardness` [images, N] (e.g. the readout's peak cosine of each phrase in each image) the hardest distinct
+    phrases first."""
     unit = F.normalize(text.float(), dim=-1)
-    close = ((unit @ unit.T) > config.absent_text_gate).float()  # [N, N]
+    close = ((unit @ unit.T) > text_gate(unit, config.absent_text_quantile)).float()  # [N, N]
     images = image_index.unique()
     own = (image_index[None, :] == images[:, None]).float()  # [B, N]
     allowed = (own @ close) == 0  # [B, N]: close to none of the image's own phrases
-    picks = torch.rand(allowed.shape, device=text.device).masked_fill(~allowed, 2.0).argsort(dim=1)[:, :config.absent_phrases]
+    if hardness is None:
+        order = torch.rand(allowed.shape, device=text.device)
+    else:
+        _, inverse = torch.unique(unit, dim=0, return_inverse=True)
+        columns = torch.arange(len(unit), device=text.device)
+        first = torch.full_like(columns, len(unit)).scatter_reduce(0, inverse, columns, "amin")[inverse] == columns
+        allowed = allowed & first  # each distinct phrase once
+        order = -hardness[images].float()
+    picks = order.masked_fill(~allowed, float("inf")).argsort(dim=1)[:, :config.absent_phrases]
     keep = allowed.gather(1, picks)
     return torch.stack([images[:, None].expand_as(picks)[keep], picks[keep]])
 
@@ -128,23 +162,35 @@ def absent_loss(log_inactivity: torch.Tensor) -> torch.Tensor:
     return -log_inactivity.float().mean()
 
 
-def present_loss(named_activations: torch.Tensor, tokens: int) -> torch.Tensor:
-    """Mean binary cross-entropy towards 1 of the mean of each named phrase's `tokens` strongest token activations
-    ([N, HW] maps): the multiple-instance counterpart of `absent_loss`, as weakly supervised segmentation trains from
+def present_loss(named_activations: torch.Tensor, share: float) -> torch.Tensor:
+    """Mean binary cross-entropy towards 1 of the mean of each named phrase's strongest token activations ([N, HW]
+    maps), a `share` of the tokens (at least one): the multiple-instance counterpart of `absent_loss`, as weakly supervised segmentation trains from
     image-level labels. L1-L4 compare directions only, so nothing else keeps a named category's map from fading."""
-    strongest = named_activations.float().topk(min(tokens, named_activations.shape[-1]), dim=-1).values.mean(-1)
+    tokens = max(1, round(share * named_activations.shape[-1]))
+    strongest = named_activations.float().topk(tokens, dim=-1).values.mean(-1)
     return F.binary_cross_entropy(strongest, torch.ones_like(strongest))
+
+
+def caption_readout_loss(logits: torch.Tensor, cosine: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the named phrases' maps (logits [N, 1, S, S]) towards the per-token CLS readout
+    restricted to each caption's phrases: per pixel 1 for the named phrase whose text the readout's cosine `cosine`
+    [N, 1, S, S] matches best among its image's, 0 for the others. Choosing among the 2-5 phrases a caption names is
+    far easier for the readout than among a whole vocabulary, so these pseudo-masks are better than the readout's own
+    open-vocabulary maps (docs/world.md); things a caption leaves out go to a named phrase, so they are not labels."""
+    target = (cosine >= per_image_max(cosine, image_index)).float()
+    return F.binary_cross_entropy_with_logits(logits.float(), target)
 
 
 def mccl_loss(
     foreground: torch.Tensor, background: torch.Tensor, text: torch.Tensor, image_index: torch.Tensor, config: LossConfig,
     pairwise_scale: float = 1.0, absent_log_inactivity: torch.Tensor | None = None,
-    named_activations: torch.Tensor | None = None,
+    named_activations: torch.Tensor | None = None, caption_readout: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The four MCCL terms and their weighted total for N (image, category) pairs; pairs of one image share image_index.
 
     With `config.absent_suppress`, `absent_log_inactivity` [M, HW] is log(1 - A) of the maps of phrases the images'
-    captions do not name; with `config.present_boost`, `named_activations` [N, HW] are the maps of the N pairs.
+    captions do not name; with `config.present_boost`, `named_activations` [N, HW] are the maps of the N pairs; with
+    `config.caption_readout`, `caption_readout` is `caption_readout_loss` of the N pairs.
     """
     fg, bg, t = (F.normalize(x.float(), dim=-1) for x in (foreground, background, text))
     images = int(image_index.max()) + 1
@@ -181,7 +227,9 @@ def mccl_loss(
     if config.absent_suppress and absent_log_inactivity is not None and len(absent_log_inactivity):
         terms["absent_suppress"] = absent_loss(absent_log_inactivity)
     if config.present_boost and named_activations is not None:
-        terms["present_boost"] = present_loss(named_activations, config.present_tokens)
+        terms["present_boost"] = present_loss(named_activations, config.present_share)
+    if config.caption_readout and caption_readout is not None:
+        terms["caption_readout"] = caption_readout
     terms["total"] = sum(getattr(config, name) * (pairwise_scale if name in TERMS[1:] else 1.0) * value
                          for name, value in terms.items())
     return terms

@@ -13,6 +13,7 @@ from synseg.models.backbone import BackboneConfig, ClipBackbone
 from synseg.models.decoder import DecoderConfig, DecoderOutput, SegDecoder
 from synseg.errors import UserError
 from synseg.models.fss import POOL_DIVISORS, Projector, masked_attention_pooling, synergy_vectors, token_activations
+from synseg.models.readout import ReadoutGrouping, per_image_max, readout_embeddings
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
@@ -25,6 +26,8 @@ DEFAULT_TEMPLATES = (
     "a photo of the {} in the scene.",
 )
 POOL_SOURCES = ("conditional", "unconditional", "backbone", "attention")
+PRIORS = ("none", "readout", "grouped-readout")
+PRIOR_LOGIT_BOUND = 20.0  # a prior of probability 1 - 2e-9 at most, so that a correction of finite size can undo it
 DECODE_CHUNK_BYTES = 12 << 20  # CPU inference: (view, class) pairs per decoder call sized so FFN activations fit in cache
 
 
@@ -40,9 +43,14 @@ class SynSegConfig:
     # class-token path with each map as its attention mask (models/fss.py), in CLIP's joint space without a projector
     pool_source: str = "conditional"
     pool_divisor: str = "activation"  # fg = A^T Z / sum A (paper); "tokens" divides by HW as CCAM does
+    # "readout": the decoder's logits are a correction added to the logit of the per-token CLS readout's probability
+    # (softmax over the pairs of each image), so an untrained decoder (its last layer starts at 0) is the readout;
+    # "grouped-readout": the same on the readout pooled by a learned grouping of tokens (models/readout.py)
+    prior: str = "none"
 
     def __post_init__(self) -> None:
         check("pool_source", self.pool_source, self.pool_source in POOL_SOURCES, f"one of {POOL_SOURCES}")
+        check("prior", self.prior, self.prior in PRIORS, f"one of {PRIORS}")
         check("pool_divisor", self.pool_divisor, self.pool_divisor in POOL_DIVISORS, f"one of {POOL_DIVISORS}")
         finite("background_threshold", self.background_threshold, 0.0, 1.0)
         check_templates("templates", self.templates)
@@ -53,6 +61,7 @@ class SynergyOutput:
     logits: torch.Tensor  # [N, 1, S, S]
     foreground: torch.Tensor  # [P, E] projected fg synergy vectors of the first P pairs
     background: torch.Tensor  # [P, E] projected bg synergy vectors
+    readout: torch.Tensor | None = None  # [N, 1, S, S] the readout's cosines, with prior "readout"
 
 
 class SynSeg(nn.Module):
@@ -64,15 +73,21 @@ class SynSeg(nn.Module):
             config.decoder, backbone.width, backbone.embed_dim, len(backbone.layers), backbone.grid, backbone.patch_size
         )
         depth = len(backbone.clip.visual.transformer.resblocks)
-        if config.pool_source == "attention":
-            if not backbone.plain_blocks or getattr(backbone.clip.visual, "proj", None) is None:
-                raise UserError(f"pool_source 'attention' needs a plain open_clip ViT with a projection; backbone "
-                                f"'{backbone.config.name}' is not one")
-            self.feature_layers = tuple(sorted(set(backbone.layers) | set(range(-1, depth - 1))))
-        else:
+        needs_blocks = [name for name, on in (("pool_source 'attention'", config.pool_source == "attention"),
+                                              (f"prior '{config.prior}'", config.prior != "none")) if on]
+        if needs_blocks and (not backbone.plain_blocks or getattr(backbone.clip.visual, "proj", None) is None):
+            raise UserError(f"{needs_blocks[0]} needs a plain open_clip ViT with a projection; backbone "
+                            f"'{backbone.config.name}' is not one")
+        self.block_layers = tuple(range(-1, depth - 1)) if needs_blocks else ()
+        self.feature_layers = tuple(sorted(set(backbone.layers) | set(self.block_layers)))
+        if config.pool_source != "attention":
             pooled_dim = backbone.width if config.pool_source == "backbone" else config.decoder.reduce_dim
             self.projector = Projector(pooled_dim, backbone.embed_dim, config.decoder.projector_hidden)
-            self.feature_layers = tuple(backbone.layers)
+        if config.prior != "none":
+            nn.init.zeros_(self.decoder.upsample.weight)
+            nn.init.zeros_(self.decoder.upsample.bias)
+        if config.prior == "grouped-readout":
+            self.grouping = ReadoutGrouping(backbone.width, config.decoder.reduce_dim)
 
     @property
     def background_threshold(self) -> float:
@@ -88,24 +103,33 @@ class SynSeg(nn.Module):
         return DecoderOutput(self.decoder.to_logits(tokens), tokens[:, 1:])
 
     def forward(
-        self, layer_tokens: list[torch.Tensor], text: torch.Tensor, image_index: torch.Tensor, pooled: int | None = None
+        self, layer_tokens: list[torch.Tensor], text: torch.Tensor, image_index: torch.Tensor, pooled: int | None = None,
+        readout: bool = False,
     ) -> SynergyOutput:
         """Training pass on the tokens of `feature_layers`: activation maps of every pair, plus the FSS fg/bg vectors,
-        in CLIP space, of the first `pooled` pairs (default all; pairs the loss only reads maps of need no pooling)."""
+        in CLIP space, of the first `pooled` pairs (default all; pairs the loss only reads maps of need no pooling),
+        and, when `readout` asks for them, the plain readout's cosines of every pair."""
         by_layer = dict(zip(self.feature_layers, layer_tokens))
         layer_tokens = [by_layer[layer] for layer in self.backbone.layers]
+        block_inputs = [by_layer[layer] for layer in self.block_layers]
         reduced = self.decoder.reduce(layer_tokens)
         tokens = self.decoder(reduced, image_index, text)
         logits = self.decoder.to_logits(tokens)
+        cosine = None
+        if self.config.prior != "none" or readout:
+            plain = self.readout(block_inputs)
+            cosine = self.cosines(plain, text, image_index, logits.shape[-2:])
+            if self.config.prior != "none":
+                logits = logits + self.readout_prior(self.prior_cosines(plain, cosine, block_inputs, text, image_index),
+                                                     image_index)
         pooled_index = image_index[:pooled]
         if self.config.pool_source == "attention":
             visual = self.backbone.clip.visual
             activations = token_activations(logits[:pooled], self.backbone.patch_size)
-            block_inputs = [by_layer[layer] for layer in range(-1, len(visual.transformer.resblocks) - 1)]
             both = masked_attention_pooling(visual.transformer.resblocks, block_inputs,
                                             torch.cat([activations, 1.0 - activations]), pooled_index.repeat(2))
             fg, bg = (visual.ln_post(both) @ visual.proj).chunk(2)
-            return SynergyOutput(logits, fg, bg)
+            return SynergyOutput(logits, fg, bg, cosine)
         if self.config.pool_source == "backbone":
             features = layer_tokens[-1][:, 1:][pooled_index]
         elif self.config.pool_source == "unconditional":
@@ -114,7 +138,38 @@ class SynSeg(nn.Module):
             features = tokens[:pooled, 1:]
         activations = token_activations(logits[:pooled], self.backbone.patch_size)
         fg, bg = synergy_vectors(activations, features, self.config.pool_divisor)
-        return SynergyOutput(logits, self.projector(fg), self.projector(bg))
+        return SynergyOutput(logits, self.projector(fg), self.projector(bg), cosine)
+
+    def readout(self, block_inputs: list[torch.Tensor]) -> torch.Tensor:
+        """The per-token CLS readout [B, HW, E] (unit vectors, fp32, no gradient) from the tokens entering each block."""
+        with torch.no_grad(), torch.autocast(block_inputs[0].device.type, enabled=False):
+            return readout_embeddings(self.backbone.clip.visual, [x.float() for x in block_inputs])
+
+    def cosines(self, embeddings: torch.Tensor, text: torch.Tensor, image_index: torch.Tensor,
+                size: tuple[int, int]) -> torch.Tensor:
+        """[N, 1, S, S] cosines of each pair's text with per-token embeddings [B, HW, E] of its image, upsampled
+        bilinearly from the token grid as the readout method does; fp32."""
+        with torch.autocast(text.device.type, enabled=False):
+            cosine = torch.einsum("nte,ne->nt", embeddings[image_index], F.normalize(text.float(), dim=-1))
+            return F.interpolate(cosine.view(-1, 1, *self.backbone.grid), size=size, mode="bilinear", align_corners=False)
+
+    def prior_cosines(self, readout: torch.Tensor, cosine: torch.Tensor, block_inputs: list[torch.Tensor],
+                      text: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """The cosines the prior is made of: the plain readout's (`cosine`), or the grouped readout's."""
+        if self.config.prior == "readout":
+            return cosine
+        return self.cosines(self.grouping(readout, block_inputs[-1][:, 1:]), text, image_index, cosine.shape[-2:])
+
+    def readout_prior(self, cosine: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+        """[N, 1, S, S] logits of the readout's class probabilities from its cosines [N, 1, S, S]: per pixel, the
+        softmax at CLIP's logit scale over the pairs of each image. With a zero decoder the argmax over an image's
+        pairs is the readout's. Bounded by PRIOR_LOGIT_BOUND."""
+        scaled = cosine * self.backbone.clip.logit_scale.exp().float()
+        shifted = scaled - per_image_max(scaled, image_index)
+        total = shifted.new_zeros(int(image_index.max()) + 1, *shifted.shape[1:]).index_add_(0, image_index, shifted.exp())
+        log_p = shifted - total.log()[image_index]
+        log_not_p = torch.log(-torch.expm1(log_p.clamp_max(-1e-9)))
+        return (log_p - log_not_p).clamp(-PRIOR_LOGIT_BOUND, PRIOR_LOGIT_BOUND)
 
     @torch.inference_mode()
     def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -133,15 +188,24 @@ class SynSeg(nn.Module):
         """CLIP and the decoder's reductions run once per view; the decoder then runs per (view, class) pair, on CPU in
         chunks small enough for its FFN activations to stay in cache (twice as fast as one big batch)."""
         views, classes = pixels.shape[0], text.shape[0]
-        reduced = self.decoder.reduce(self.backbone.encode_image(pixels))
+        by_layer = dict(zip(self.feature_layers, self.backbone.encode_image(pixels, self.feature_layers)))
+        reduced = self.decoder.reduce([by_layer[layer] for layer in self.backbone.layers])
         image_index = torch.arange(views, device=pixels.device).repeat_interleave(classes)
         text = text.repeat(views, 1)
         pairs, tokens = views * classes, reduced[0].shape[1]
+        prior = None
+        if self.config.prior != "none":
+            block_inputs = [by_layer[layer] for layer in self.block_layers]
+            plain = self.readout(block_inputs)
+            cosine = self.cosines(plain, text, image_index, (self.backbone.image_size,) * 2)
+            prior = self.readout_prior(self.prior_cosines(plain, cosine, block_inputs, text, image_index), image_index)
         chunk = pairs if pixels.device.type != "cpu" else max(1, DECODE_CHUNK_BYTES // (tokens * self.config.decoder.ffn_dim * 4))
         maps = None
         for start in range(0, pairs, chunk):
             part = slice(start, start + chunk)
             logits = self.decoder.to_logits(self.decoder(reduced, image_index[part], text[part]))
+            if prior is not None:
+                logits = logits + prior[part]
             if maps is None:
                 maps = logits.new_empty(pairs, *logits.shape[1:])
             if activate:

@@ -22,14 +22,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from synseg.checkpoint import save_model
+from synseg.checkpoint import load_model, save_model
 from synseg.cli import main as synseg
 from synseg.config import from_dict, merged, write_json
 from synseg.data.benchmarks import get_benchmark
 from synseg.errors import UserError
-from synseg.eval.evaluator import evaluate
-from synseg.eval.methods import TRAINING_FREE, training_free_methods
+from synseg.eval.evaluator import segmenter_predict
+from synseg.eval.methods import TRAINING_FREE, build_training_free, parse_method, training_free_methods
+from synseg.eval.metric import ConfusionMatrix
+from synseg.io import atomic_path
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
+from synseg.models.backbone import ClipBackbone
+from synseg.predictor import Segmenter
 from synseg.synthetic.world import CLASSES, SEEN_THINGS, STUFF, THINGS, UNSEEN_THINGS, write_split
 from synseg.train.config import RECIPES, TrainConfig
 
@@ -47,6 +51,7 @@ WEAK_OFF = {"absent_suppress": 0.0, "present_boost": 0.0}
 # (the shared setting) L2 and L4 are out of reach in CLIP's joint space and every map collapses (docs/world.md).
 TOKEN_POOLING = {"pool_source": "backbone", "pool_divisor": "tokens"}
 DEFAULT_ROW = "L1 + absent + present terms (synseg train's default recipe)"
+TRAINING_FREE_ROWS = tuple(f"{TRAINING_FREE[name][0].title} (training-free)" for name in training_free_methods())
 # Each row of the table. Trained rows hold "model", "decoder", "loss" and "train" overrides of the shared setting
 # (WorldConfig's `model`, `decoder` and `train`); {"method": NAME} is a training-free method of `synseg eval` on the
 # world CLIP; "supervised" trains the decoder on ground-truth masks; "chance" scores uniformly random labels.
@@ -59,11 +64,21 @@ ROWS: dict[str, dict] = {
     "L1 alone": {"loss": {**L2_L4_OFF, **WEAK_OFF}},
     "L1 + absent term": {"loss": {**L2_L4_OFF, "present_boost": 0.0}},
     DEFAULT_ROW: {"loss": L2_L4_OFF},
-    **{f"{TRAINING_FREE[name][0].title} (training-free)": {"method": name} for name in training_free_methods()},
-    # CLIPSeg's dropout: without it the mask-trained decoder scored 48.8 on seen things, with it 54.2 (docs/world.md)
-    "Supervised decoder (upper bound)": {"supervised": True, "decoder": {"dropout": 0.1}},
+    **{title: {"method": name} for title, name in zip(TRAINING_FREE_ROWS, training_free_methods())},
+    # CLIPSeg's dropout: without it the mask-trained decoder scored 48.8 on seen things, with it 54.2 (docs/world.md).
+    # Negatives from the training vocabulary (seen things and stuff), as a caption-trained model meets them; the
+    # former row drew them from all 42 classes, so it was trained to reject the held-out texts.
+    "Supervised decoder (upper bound)": {"supervised": True, "decoder": {"dropout": 0.1}, "negatives": "training"},
+    "Supervised decoder, negatives from all 42 classes (held-out texts included)": {
+        "supervised": True, "decoder": {"dropout": 0.1}, "negatives": "all"},
     "Chance (uniform random labels)": {"chance": True},
 }
+
+
+# The table `synseg world` runs by default: the default recipe against every training-free method, the supervised
+# decoder and chance. The loss ablations are configs of their own (benchmarks/world/loss-ablations.json).
+TABLE_ROWS = (DEFAULT_ROW, *TRAINING_FREE_ROWS, "Supervised decoder (upper bound)",
+              "Supervised decoder, negatives from all 42 classes (held-out texts included)", "Chance (uniform random labels)")
 
 
 # every caption-trained row's TrainConfig fields; fp32 on any device, as every other row runs (and as measured on CPUs)
@@ -83,7 +98,7 @@ class WorldConfig:
     backdrop: float = 0.5  # share of scenes with a second stuff behind a horizon
     world_seed: int = 1
     seeds: tuple[int, ...] = (0, 1, 2)
-    variants: tuple[str, ...] = tuple(ROWS)
+    variants: tuple[str, ...] = TABLE_ROWS
     rows: dict = field(default_factory=dict)  # more rows, or other definitions of ROWS' names, in ROWS' format
     train: dict = field(default_factory=lambda: copy.deepcopy(TRAIN))
     # no dropout: on CPU its Bernoulli masks cost a third of a step (71-76 samples/s per process without, 47-51 with),
@@ -123,10 +138,40 @@ def run_command(argv: list[str]) -> None:
         raise UserError(f"`synseg {' '.join(argv[:1])}` failed with exit code {code}")
 
 
-def train_variant(config: WorldConfig, row: dict, seed: int, data: Path, phrases: Path, out: Path, cache: Path) -> Path:
+ROW_KEYS = {"model", "decoder", "loss", "train", "method", "supervised", "negatives", "chance"}
+
+
+def train_config(config: WorldConfig, row: dict, seed: int) -> TrainConfig:
+    """A caption-trained row's TrainConfig: the shared setting with the row's overrides."""
     settings = merged(config.train, {**row.get("train", {}), "loss": row.get("loss", {}), "seed": seed})
     train = from_dict(TrainConfig, settings, "world config.train")
     train.model = model_config(config, row)
+    return train
+
+
+def check_rows(config: WorldConfig) -> None:
+    """Every variant of the config names a row whose fields make valid configs: a typo fails at once, not after the
+    cells before it have run."""
+    rows = {**ROWS, **config.rows}
+    for name in config.variants:
+        if name not in rows:
+            raise UserError(f"unknown variant {name!r}; choose from {', '.join(rows)}")
+        row = rows[name]
+        unknown = sorted(set(row) - ROW_KEYS)
+        if unknown:
+            raise UserError(f"row {name!r}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(ROW_KEYS))})")
+        if "method" in row:
+            parse_method(row["method"])
+        elif row.get("supervised"):
+            if row.get("negatives") not in ("training", "all"):
+                raise UserError(f"row {name!r}: negatives must be 'training' or 'all'")
+            model_config(config, row)
+        elif not row.get("chance"):
+            train_config(config, row, 0)
+
+
+def train_variant(config: WorldConfig, row: dict, seed: int, data: Path, phrases: Path, out: Path, cache: Path) -> Path:
+    train = train_config(config, row, seed)
     if not (out / "final" / "model.safetensors").exists():
         out.mkdir(parents=True, exist_ok=True)
         write_json(asdict(train), out / "train.json")
@@ -137,7 +182,8 @@ def train_variant(config: WorldConfig, row: dict, seed: int, data: Path, phrases
 
 
 def train_supervised(config: WorldConfig, row: dict, seed: int, data: Path, out: Path) -> Path:
-    """The same decoder trained on ground-truth masks (BCE per class present, plus as many absent ones).
+    """The same decoder trained on ground-truth masks (BCE per class present, plus as many absent ones, drawn from the
+    training vocabulary or, with the row's `negatives` "all", from every class).
 
     The frozen backbone's tokens of every training scene are computed once and kept in memory, as caption training
     reads them from its feature cache. It runs where `synseg train` runs the other rows: the GPU when there is one.
@@ -161,6 +207,7 @@ def train_supervised(config: WorldConfig, row: dict, seed: int, data: Path, out:
     layer_tokens = [torch.cat(layer) for layer in zip(*chunks)]
     rng = np.random.default_rng(seed)
     names = list(CLASSES)
+    vocabulary = np.array([i for i, name in enumerate(names) if row["negatives"] == "all" or name not in UNSEEN_THINGS])
     defaults = TrainConfig()  # embedded and regularised as caption training does
     text = backbone.embed_labels(names, defaults.phrase_templates)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -171,7 +218,7 @@ def train_supervised(config: WorldConfig, row: dict, seed: int, data: Path, out:
         masks, pairs, classes = [], [], []
         for row, i in enumerate(picks):
             present = np.unique(labels[i])
-            absent = rng.choice(np.setdiff1d(np.arange(len(names)), present), len(present), replace=False)
+            absent = rng.choice(np.setdiff1d(vocabulary, present), len(present), replace=False)
             for c in np.concatenate([present, absent]):
                 pairs.append(row)
                 classes.append(int(c))
@@ -187,30 +234,87 @@ def train_supervised(config: WorldConfig, row: dict, seed: int, data: Path, out:
     return save_model(model.eval(), out)
 
 
-def evaluate_checkpoint(config: WorldConfig, test: Path, checkpoint: Path | None, out: Path, method: str = "synseg") -> dict:
-    if not out.exists():
-        model = ["--checkpoint", str(checkpoint)] if checkpoint else ["--backbone", ARCHITECTURE, "--pretrained", config.clip]
-        run_command(["eval", "--benchmark", "folder", "--root", str(test), *model, "--method", method,
-                     "--views", str(config.views), "--json", str(out)])
-    return json.loads(out.read_text())["results"][0]["per_class_iou"]
+def scene_counts(benchmark, predict) -> np.ndarray:
+    """[scenes, 3, K] per test scene: each class's intersection, ground-truth and predicted pixels. Their sums over
+    any set of scenes give its per-class IoU, so resampling scenes gives bootstrap intervals."""
+    counts = []
+    for sample in tqdm(benchmark.samples, desc="scoring", unit="scene", file=sys.stderr):
+        truth = benchmark.read_label(sample.label_path)
+        matrix = ConfusionMatrix(benchmark.num_classes(), benchmark.ignore_index)
+        matrix.update(predict(sample, truth.shape), truth)
+        counts.append(np.stack([matrix.intersection, matrix.matrix.sum(axis=1),
+                                matrix.matrix[:, : matrix.num_classes].sum(axis=0)]))
+    return np.stack(counts)
 
 
-def chance_iou(test: Path, seed: int) -> dict:
+def evaluate_row(config: WorldConfig, test: Path, out: Path, checkpoint: Path | None = None,
+                 method: str | None = None) -> np.ndarray:
+    """Scene counts of a checkpoint or a training-free method on the world CLIP, kept in `out` (.npy)."""
+    if out.exists():
+        return np.load(out)
+    benchmark = get_benchmark("folder", test)
+    if checkpoint is not None:
+        predictor = load_model(checkpoint)
+    else:
+        backbone = ClipBackbone(BackboneConfig(ARCHITECTURE, config.clip))
+        backbone = backbone.to("cuda" if torch.cuda.is_available() else "cpu")
+        predictor = build_training_free(method, backbone).eval()
+    counts = scene_counts(benchmark, segmenter_predict(Segmenter(predictor), benchmark, views=config.views))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, counts)
+    return counts
+
+
+def chance_counts(test: Path, seed: int) -> np.ndarray:
     """Uniformly random labels, scored by the same metric: what 'no learning' looks like."""
     benchmark = get_benchmark("folder", test)
     rng = np.random.default_rng(seed)
-    result = evaluate(benchmark, lambda sample, size: rng.integers(0, benchmark.num_classes(), size), "chance", progress=False)
-    return result.to_json()["per_class_iou"]
+    return scene_counts(benchmark, lambda sample, size: rng.integers(0, benchmark.num_classes(), size))
+
+
+def chance_iou(test: Path, seed: int) -> dict:
+    """Per-class IoU of uniformly random labels (`synseg demo`'s chance row)."""
+    return per_class_iou(chance_counts(test, seed).sum(axis=0))
+
+
+def per_class_iou(totals: np.ndarray) -> dict[str, float | None]:
+    """{class: IoU %} from summed counts [3, K] (None for a class neither in the ground truth nor predicted)."""
+    intersection, truth, predicted = totals
+    union = truth + predicted - intersection
+    return {name: (float(100 * i / u) if u else None) for name, i, u in zip(CLASSES, intersection, union)}
+
+
+GROUPS = {"seen": SEEN_THINGS, "unseen": UNSEEN_THINGS, "things": THINGS, "stuff": STUFF, "all": CLASSES}
 
 
 def summarise(per_class: dict) -> dict[str, float]:
-    """mIoU over seen things, unseen things, all things, stuff, and all classes (classes absent from the split are left
-    out). The table shows all but "things", which the reports keep: the 6 unseen things alone are a noisy column."""
+    """mIoU over seen things, unseen things, all things, stuff, and all classes, from per-class IoU % (classes absent
+    from the split are left out). The table shows all but "things", which the reports keep: the 6 unseen things alone are a noisy column."""
     def mean(names) -> float:
         values = [per_class[n] for n in names if per_class.get(n) is not None]
         return statistics.fmean(values) if values else float("nan")
-    return {"seen": mean(SEEN_THINGS), "unseen": mean(UNSEEN_THINGS), "things": mean(THINGS),
-            "stuff": mean(STUFF), "all": mean(CLASSES)}
+    return {key: mean(names) for key, names in GROUPS.items()}
+
+
+def group_miou(totals: np.ndarray) -> dict[str, np.ndarray]:
+    """summarise() vectorised over leading axes: totals [..., 3, K] -> {group: mIoU % [...]}."""
+    intersection, truth, predicted = totals[..., 0, :], totals[..., 1, :], totals[..., 2, :]
+    union = truth + predicted - intersection
+    iou = np.where(union > 0, intersection / np.maximum(union, 1), np.nan)
+    index = {name: i for i, name in enumerate(CLASSES)}
+    return {key: 100 * np.nanmean(iou[..., [index[n] for n in names]], axis=-1) for key, names in GROUPS.items()}
+
+
+def bootstrap_interval(counts: list[np.ndarray], resamples: int = 1000, seed: int = 0) -> dict[str, list[float]]:
+    """95% percentile interval of the seeds' mean mIoU when the test scenes are resampled with replacement (the same
+    resample for every seed, whose scene counts are `counts`, one [scenes, 3, K] array each)."""
+    scenes = counts[0].shape[0]
+    weights = np.random.default_rng(seed).multinomial(scenes, np.full(scenes, 1 / scenes), size=resamples)
+    means = [group_miou(np.einsum("bn,nck->bck", weights.astype(np.float64), c)) for c in counts]
+    return {key: [round(float(v), 2) for v in np.percentile(np.mean([m[key] for m in means], axis=0), [2.5, 97.5])]
+            for key in GROUPS}
 
 
 def slug(name: str) -> str:
@@ -218,21 +322,18 @@ def slug(name: str) -> str:
     return "-".join(re.findall(r"[a-z0-9+]+", name.lower()))
 
 
-def row_scores(config: WorldConfig, out: Path, seed: int, name: str) -> dict[str, float]:
-    """One row of one training seed (a run already finished in `out` is reused, not redone)."""
+def row_counts(config: WorldConfig, out: Path, seed: int, name: str) -> np.ndarray:
+    """Scene counts of one row and training seed (a run already finished in `out` is reused, not redone)."""
     train, test, phrases, cache = out / "world" / "train", out / "world" / "test", out / "phrases.jsonl", out / "cache"
     folder = out / "runs" / f"seed{seed}" / slug(name)
     row = config.row(name)
     if "method" in row:
-        per_class = evaluate_checkpoint(config, test, None, out / "runs" / f"{row['method']}.json", row["method"])
-    elif row.get("chance"):
-        per_class = chance_iou(test, seed)
-    elif row.get("supervised"):
-        per_class = evaluate_checkpoint(config, test, train_supervised(config, row, seed, train, folder / "final"), folder / "eval.json")
-    else:
-        final = train_variant(config, row, seed, train, phrases, folder, cache)
-        per_class = evaluate_checkpoint(config, test, final, folder / "eval.json")
-    return summarise(per_class)
+        return evaluate_row(config, test, out / "runs" / f"{row['method']}.npy", method=row["method"])
+    if row.get("chance"):
+        return chance_counts(test, seed)
+    if row.get("supervised"):
+        return evaluate_row(config, test, folder / "counts.npy", train_supervised(config, row, seed, train, folder / "final"))
+    return evaluate_row(config, test, folder / "counts.npy", train_variant(config, row, seed, train, phrases, folder, cache))
 
 
 def cell_cost(row: dict) -> int:
@@ -254,11 +355,9 @@ def run_experiment(config: WorldConfig, out: Path, jobs: int = 1) -> dict:
     (the quick variant) there is nothing to run beside it, and it trains here on every thread. Cells start longest
     first, so that at the end no process waits alone behind a long cell (the last supervised seed once kept one
     process idle for 5 of the table's 46 minutes)."""
-    out.mkdir(parents=True, exist_ok=True)
     rows = {**ROWS, **config.rows}
-    unknown = [v for v in config.variants if v not in rows]
-    if unknown:
-        raise UserError(f"unknown variant {unknown[0]!r}; choose from {', '.join(rows)}")
+    check_rows(config)
+    out.mkdir(parents=True, exist_ok=True)
     if jobs < 1:
         raise UserError(f"jobs must be at least 1, got {jobs}")
     if not config.seeds or not config.variants:
@@ -272,16 +371,20 @@ def run_experiment(config: WorldConfig, out: Path, jobs: int = 1) -> dict:
                    key=lambda cell: -cell_cost(rows[cell[1]]))
     trained = sum(cell_cost(rows[name]) > 0 for _, name in cells)
     if min(jobs, trained) <= 1:
-        scores = [row_scores(config, out, seed, name) for seed, name in cells]
+        counts = [row_counts(config, out, seed, name) for seed, name in cells]
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(jobs, context, initializer=_one_thread) as pool:
-            scores = list(pool.map(row_scores, *zip(*[(config, out, seed, name) for seed, name in cells])))
-    by_cell = dict(zip(cells, scores))
-    report = {"config": asdict(config), "minutes": round((time.perf_counter() - started) / 60, 1), "rows": {
-        name: {key: [by_cell[seed, name][key] for seed in config.seeds] for key in scores[0]}
-        for name in config.variants
-    }}
+            counts = list(pool.map(row_counts, *zip(*[(config, out, seed, name) for seed, name in cells])))
+    by_cell = dict(zip(cells, counts))
+    rows = {}
+    for name in config.variants:
+        per_seed = [by_cell[seed, name] for seed in config.seeds]
+        scores = [summarise(per_class_iou(c.sum(axis=0))) for c in per_seed]
+        rows[name] = {key: [score[key] for score in scores] for key in GROUPS}
+        rows[name]["interval"] = bootstrap_interval(per_seed)
+    report = {"config": asdict(config), "minutes": round((time.perf_counter() - started) / 60, 1),
+              "test_scenes": int(counts[0].shape[0]), "rows": rows}
     report["table"] = table(report["rows"])
     write_json(report, out / "report.json")
     return report

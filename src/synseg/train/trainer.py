@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -21,7 +22,7 @@ from synseg.data.datasets import CaptionPhraseDataset, DataConfig, PhraseLoader
 from synseg.distributed import every_rank, init_distributed, place
 from synseg.errors import UserError
 from synseg.io import atomic_path, staged_dir
-from synseg.losses import absent_pairs, mccl_loss
+from synseg.losses import absent_pairs, caption_readout_loss, mccl_loss
 from synseg.models.fss import token_activations, token_log_inactivity
 from synseg.models.synseg import SynSeg, build_synseg
 from synseg.train.cache import FeatureCache
@@ -89,6 +90,9 @@ class Trainer:
             raise UserError(f"batch size {config.batch_size} does not split evenly over {self.dist.world} processes")
         seed_everything(config.seed)
         self.model: SynSeg = build_synseg(config.model).to(device)
+        if (config.loss.caption_readout or config.loss.absent_choice == "hard") and not self.model.block_layers:
+            raise UserError("loss.caption_readout and absent_choice 'hard' need the readout's block tokens: "
+                            "model.pool_source 'attention' or model.prior 'readout'")
         data_config = DataConfig(
             image_size=self.model.backbone.image_size, max_phrases=config.max_phrases,
             batch_size=config.batch_size // self.dist.world, workers=config.workers, seed=config.seed,
@@ -202,16 +206,23 @@ class Trainer:
             text = self.text(flat).float()
         pairs_text, pairs_image = text, image_index
         if self.config.loss.suppresses_absent(self.step):
-            absent_image, absent_phrase = absent_pairs(text, image_index, self.config.loss)
+            hardness = None
+            if self.config.loss.absent_choice == "hard":
+                by_layer = dict(zip(self.model.feature_layers, tokens))
+                readout = self.model.readout([by_layer[layer] for layer in self.model.block_layers])
+                hardness = torch.einsum("bte,ne->bnt", readout, F.normalize(text, dim=-1)).amax(-1)
+            absent_image, absent_phrase = absent_pairs(text, image_index, self.config.loss, hardness)
             pairs_text, pairs_image = torch.cat([text, text[absent_phrase]]), torch.cat([image_index, absent_image])
         named = len(flat)
         with self.autocast():
-            out = self.net(tokens, pairs_text, pairs_image, named)
+            out = self.net(tokens, pairs_text, pairs_image, named, readout=bool(self.config.loss.caption_readout))
         patch = self.model.backbone.patch_size
         absent = token_log_inactivity(out.logits[named:], patch)
         present = token_activations(out.logits[:named], patch) if self.config.loss.present_boost else None
+        pseudo = (caption_readout_loss(out.logits[:named], out.readout[:named], image_index)
+                  if self.config.loss.caption_readout else None)
         return mccl_loss(out.foreground, out.background, text, image_index, self.config.loss,
-                         self.config.loss.pairwise_scale(self.step), absent, present)
+                         self.config.loss.pairwise_scale(self.step), absent, present, pseudo)
 
 
     # -- the loop ------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from synseg.errors import UserError
-from synseg.eval.methods import clearclip, maskclip, naclip, sclip
+from synseg.eval.methods import clearclip, maskclip, naclip, readout, sclip
 from synseg.eval.methods.base import Preset, TrainingFreeCLIP
 from synseg.models.backbone import ClipBackbone
 
@@ -17,6 +17,7 @@ TRAINING_FREE: dict[str, tuple[type[TrainingFreeCLIP], dict[str, Preset]]] = {
     "sclip": (sclip.SCLIP, sclip.PRESETS),
     "clearclip": (clearclip.ClearCLIP, clearclip.PRESETS),
     "naclip": (naclip.NACLIP, naclip.PRESETS),
+    "readout": (readout.CLSReadout, readout.PRESETS),
 }
 TRAINED = {"synseg": "SynSeg"}
 
