@@ -2,8 +2,8 @@
 
 Each iteration replaces a mask value by a weighted mean of its 8 neighbours at several dilations; the weights are a
 softmax over neighbours of -|I(x) - I(n)| / (0.1 std), the colour difference scaled by the local standard deviation
-(of the 3x3 neighbourhood at that dilation, per channel) and averaged over channels. Edges in the image therefore
-stop the mask from spreading across them. No maintained package ships PAMR; every OVSS repository carries a copy.
+(per channel, of the 3x3 neighbourhoods at all dilations together, each with its centre: LocalStDev of the original
+code) and averaged over channels. Edges in the image therefore stop the mask from spreading across them. No maintained package ships PAMR; every OVSS repository carries a copy.
 """
 from __future__ import annotations
 
@@ -25,12 +25,10 @@ def _shifts(x: torch.Tensor, dilation: int) -> torch.Tensor:
 
 def affinities(image: torch.Tensor, dilations: tuple[int, ...] = TCL_DILATIONS) -> torch.Tensor:
     """[B, 3, H, W] image -> [B, 8 * len(dilations), H, W] neighbour weights summing to 1 at each pixel."""
-    weights = []
-    for dilation in dilations:
-        neighbours = _shifts(image, dilation)
-        spread = torch.cat([image.unsqueeze(2), neighbours], dim=2).std(dim=2, keepdim=True)
-        weights.append(-(neighbours - image.unsqueeze(2)).abs() / (1e-8 + 0.1 * spread))
-    return torch.softmax(torch.cat(weights, dim=2).mean(dim=1), dim=1)
+    neighbours = torch.cat([_shifts(image, dilation) for dilation in dilations], dim=2)
+    centres = image.unsqueeze(2).expand(-1, -1, len(dilations), -1, -1)  # the centre once per dilation, as LocalStDev
+    spread = torch.cat([centres, neighbours], dim=2).std(dim=2, keepdim=True)
+    return torch.softmax((-(neighbours - image.unsqueeze(2)).abs() / (1e-8 + 0.1 * spread)).mean(dim=1), dim=1)
 
 
 def pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int = TCL_ITERATIONS,
