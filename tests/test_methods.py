@@ -152,8 +152,29 @@ def test_scclip_marks_a_far_token_and_repairs_it_from_its_neighbours(tiny_model)
     torch.testing.assert_close(scclip.logits(pixels, text), alone, rtol=0, atol=1e-6)  # each view is its own
 
 
+def test_proxyclip_mixes_values_only_among_tokens_its_dino_features_group(tiny_model, monkeypatch):
+    backbone = tiny_model.backbone
+    proxyclip = build_training_free("proxyclip:b16", backbone)
+    assert proxyclip.foundation.patch_embed.proj.kernel_size == (16, 16)  # DINO ViT-B/16, random beside a random CLIP
+    regions = torch.zeros(2, 4, 6, 10)
+    regions[:, 0, :, :4], regions[:, 1, :, 4:] = 1.0, 1.0  # two regions on a 6 x 10 DINO grid
+    monkeypatch.setattr(proxyclip, "proxy_features", lambda pixels: regions)
+    features = proxyclip.dense_features(torch.randn(2, 3, 64, 80))  # CLIP's grid 8 x 10: values resized to DINO's
+    assert features.shape == (2, backbone.embed_dim, 6, 10)
+    left, right = features[..., :4].flatten(2), features[..., 4:].flatten(2)
+    torch.testing.assert_close(left, left[..., :1].expand_as(left))  # one mixture a region
+    torch.testing.assert_close(right, right[..., :1].expand_as(right))
+    assert (left[..., 0] - right[..., 0]).abs().max() > 1e-3
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setattr("timm.create_model", offline)
+    with pytest.raises(UserError, match="could not load vit_base_patch8_224.dino weights through timm"):
+        build_training_free("proxyclip", backbone)
+
+
 def test_registry_names_presets_and_errors():
-    assert training_free_methods() == ("maskclip", "sclip", "clearclip", "naclip", "resclip", "scclip")
+    assert training_free_methods() == ("maskclip", "sclip", "clearclip", "naclip", "resclip", "scclip", "proxyclip")
     assert [str(m) for m in parse_methods("sclip:voc, naclip,synseg,naclip")] == ["sclip:voc", "naclip", "synseg"]
     assert parse_method("sclip:voc").title == "SCLIP (voc)" and parse_method("clearclip").title == "ClearCLIP"
     with pytest.raises(UserError, match="unknown method 'sam'"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from synseg.errors import UserError
-from synseg.eval.methods import clearclip, maskclip, naclip, resclip, scclip, sclip
+from synseg.eval.methods import clearclip, maskclip, naclip, proxyclip, resclip, scclip, sclip
 from synseg.eval.methods.base import Preset, TrainingFreeCLIP
 from synseg.models.backbone import ClipBackbone
 
@@ -19,6 +19,7 @@ TRAINING_FREE: dict[str, tuple[type[TrainingFreeCLIP], dict[str, Preset]]] = {
     "naclip": (naclip.NACLIP, naclip.PRESETS),
     "resclip": (resclip.ResCLIP, resclip.PRESETS),
     "scclip": (scclip.SCCLIP, scclip.PRESETS),
+    "proxyclip": (proxyclip.ProxyCLIP, proxyclip.PRESETS),
 }
 TRAINED = {"synseg": "SynSeg"}
 
