@@ -7,11 +7,15 @@ weights softmax(gamma (cos(f_i, f_j) - beta mean cos)), -inf where negative, sha
 values of its patch tokens are resized bilinearly to DINO's grid, mixed by those weights, and out_proj, ln_post and the
 projection follow (no residual, no MLP). Patch features are therefore at DINO's grid (a 336 px window: 42 x 42 with
 ViT-B/8). DINO's position embeddings are resized as DINO's own code does (`resized_positions`). DINO's weights follow
-CLIP's: downloaded by timm for a pretrained CLIP, random beside a random one (`--pretrained none`).
+CLIP's: timm downloads DINO's published weights beside a published CLIP (an open_clip pretrained tag); beside a random
+CLIP (`--pretrained none`) or one loaded from a file (such as the synthetic world's CLIP, which has no DINO) DINO's
+weights are random, and a file-loaded CLIP says so on stderr.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +61,12 @@ class ProxyCLIP(TrainingFreeCLIP):
 
     def __init__(self, backbone: ClipBackbone, preset: ProxyPreset) -> None:
         super().__init__(backbone, preset)
-        self.foundation = foundation_model(preset.foundation, backbone.config.pretrained is not None)
+        weights = backbone.config.pretrained
+        published = weights is not None and not Path(weights).exists()
+        if weights is not None and not published:
+            print(f"{self.title}: CLIP's weights are a file ({weights}); {preset.foundation} keeps random weights",
+                  file=sys.stderr)
+        self.foundation = foundation_model(preset.foundation, published)
         self.foundation.to(backbone.device)
 
     def proxy_features(self, pixels: torch.Tensor) -> torch.Tensor:
