@@ -127,7 +127,7 @@ def test_resclip_without_its_blends_is_naclip_and_each_view_is_its_own(tiny_mode
 
 
 def test_resclip_paths_follow_the_rounded_straight_line_between_patches():
-    path, on_path, steps = straight_paths((3, 4))  # patches numbered row-major, 4 a row
+    path, on_path, steps = straight_paths((3, 4), torch.device("cpu"))  # patches numbered row-major, 4 a row
     pair = 0 * 12 + 11  # (0, 0) -> (2, 3): 3 Chebyshev steps through (1, 1) and (1, 2) (rounded 0.67 and 1.33 rows)
     assert steps[pair] == 3 and on_path[pair].tolist() == [True, True, True, True]
     assert path[pair].tolist() == [0, 5, 6, 11]

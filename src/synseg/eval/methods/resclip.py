@@ -63,18 +63,18 @@ PRESETS = {
 
 
 @functools.cache
-def straight_paths(grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def straight_paths(grid: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For every (start, end) patch pair, row-major: the patches on the rounded straight line between them [n*n, S]
     (S = longest Chebyshev distance + 1), which of its S steps lie on the path, and the pair's distance in steps."""
-    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    rows, cols = torch.meshgrid(*(torch.arange(side, device=device) for side in grid), indexing="ij")
     coords = torch.stack([rows.flatten(), cols.flatten()], dim=1)
     start = coords[:, None].expand(-1, len(coords), -1).reshape(-1, 2)
     end = coords[None].expand(len(coords), -1, -1).reshape(-1, 2)
     steps = (end - start).abs().max(dim=1).values
     longest = int(steps.max())
-    t = torch.linspace(0, 1, steps=longest + 1).unsqueeze(1).unsqueeze(0)
+    t = torch.linspace(0, 1, steps=longest + 1, device=device).unsqueeze(1).unsqueeze(0)
     current = (start.unsqueeze(1) * (1 - t) + end.unsqueeze(1) * t).round().long()
-    on_path = torch.arange(longest + 1).unsqueeze(0) <= steps.unsqueeze(1)
+    on_path = torch.arange(longest + 1, device=device).unsqueeze(0) <= steps.unsqueeze(1)
     return current[..., 0] * grid[1] + current[..., 1], on_path, steps
 
 
@@ -114,8 +114,7 @@ class ResCLIP(TrainingFreeCLIP):
         views, n = len(labels), grid[0] * grid[1]
         per_patch = labels.reshape(views, grid[0], patch, grid[1], patch).permute(0, 1, 3, 2, 4).reshape(views, n, -1)
         labels = torch.mode(per_patch, dim=-1).values
-        path, on_path, steps = straight_paths(grid)
-        path, on_path, steps = path.to(labels.device), on_path.to(labels.device), steps.to(labels.device)
+        path, on_path, steps = straight_paths(grid, labels.device)
         decay = torch.exp(-steps / steps.max()).view(n, n)
         same = (labels[:, :, None] == labels[:, None, :]).float()
         kept = [((label[path] == label.repeat_interleave(n)[:, None]) | ~on_path).all(dim=1).view(n, n)
