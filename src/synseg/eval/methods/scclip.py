@@ -18,7 +18,8 @@ The block indices are `released_index`'s. Where the code's outlier positions div
 only on square grids; it fails on others), the position here is the token's own.
 A grid of fewer than 31 tokens uses all the others as neighbours. The code's outlier search builds every pairwise
 difference (quadratic in tokens times width: 3 s at 784 tokens of width 768 on one core); here the exact differences
-are taken only for the nearest candidates by the Gram-matrix distance (`nearest`), with the same result.
+are taken only for the nearest candidates by the Gram-matrix distance (`nearest`): the same neighbours unless the
+two roundings put a token's 31st nearest beyond its 39th.
 """
 from __future__ import annotations
 
