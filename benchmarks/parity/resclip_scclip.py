@@ -58,7 +58,8 @@ def random_backbone(depth: int):
 def reference_vit(module, visual, depth: int):
     vision = architecture(depth)["vision_cfg"]
     vit = module.VisionTransformer(input_resolution=vision["image_size"], patch_size=PATCH, width=vision["width"],
-                                   layers=depth, heads=vision["width"] // vision["head_width"], output_dim=128)
+                                   layers=depth, heads=vision["width"] // vision["head_width"],
+                                   output_dim=architecture(depth)["embed_dim"])
     vit.load_state_dict(visual.state_dict())
     return vit.eval()
 
