@@ -298,6 +298,13 @@ def test_training_free_methods_under_two_protocols_print_one_table(real_data, tm
     for result in report["results"]:
         assert result["images"] == 1 and len(result["per_class_iou"]) == 21 and 0 <= result["miou"] <= 100
 
+    code, out, _ = run_eval(capsys, "--benchmark", "voc", "--root", str(real_data), "--backbone", "synseg-tiny-p16",
+                            "--pretrained", "none", "--limit", "1", "--method", "resclip,scclip,proxyclip:b16",
+                            "--protocol", "slide,whole")
+    assert code == 0  # the methods of 2025 (ProxyCLIP with a random DINO ViT-B/16 beside the random CLIP)
+    rows = [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in out.splitlines()[2:]]
+    assert rows == [(m, p) for m in ("ResCLIP", "SC-CLIP", "ProxyCLIP (b16)") for p in ("slide (336/224/112)", "whole")]
+
     (tmp_path / "short.txt").write_text("cat\ndog\n")
     code, _, err = run_eval(capsys, "--benchmark", "voc", "--root", str(real_data), *TINY, "--method", "sclip",
                             "--class-names", str(tmp_path / "short.txt"))

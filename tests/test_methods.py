@@ -3,6 +3,7 @@ nn.MultiheadAttention with tied projections or an additive mask), the registry, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -11,7 +12,11 @@ from PIL import Image
 
 from synseg.errors import UserError
 from synseg.eval.methods import build_training_free, parse_method, parse_methods, training_free_methods
+from synseg.eval.methods.base import released_index
 from synseg.eval.methods.naclip import neighbourhood
+from synseg.eval.methods.resclip import PRESETS as RESCLIP_PRESETS
+from synseg.eval.methods.resclip import ResCLIP, straight_paths
+from synseg.eval.methods.scclip import outliers, repaired
 from synseg.predictor import Segmenter
 
 
@@ -106,8 +111,71 @@ def test_methods_run_on_windows_larger_than_clip_input(tiny_model):
         build_training_free("sclip", backbone).logits(torch.randn(1, 3, 60, 64), text)
 
 
+def test_resclip_without_its_blends_is_naclip_and_each_view_is_its_own(tiny_model):
+    backbone = tiny_model.backbone
+    text = torch.randn(3, backbone.embed_dim)
+    torch.manual_seed(3)
+    pixels = torch.randn(2, 3, 64, 80)
+    plain = dataclasses.replace(RESCLIP_PRESETS["default"], rcs=(1.0, 0.0), sfr=(1.0, 0.0))
+    naclip = build_training_free("naclip", backbone).logits(pixels, text)
+    torch.testing.assert_close(ResCLIP(backbone, plain).logits(pixels, text), naclip, rtol=0, atol=1e-6)
+    resclip = build_training_free("resclip", backbone)
+    both = resclip.logits(pixels, text)
+    assert (both - naclip).abs().max() > 1e-3  # RCS and SFR change the features
+    alone = torch.cat([resclip.logits(pixels[i:i + 1].clone(), text) for i in range(2)])
+    torch.testing.assert_close(both, alone, rtol=0, atol=1e-6)
+
+
+def test_resclip_paths_follow_the_rounded_straight_line_between_patches():
+    path, on_path, steps = straight_paths((3, 4), torch.device("cpu"))  # patches numbered row-major, 4 a row
+    pair = 0 * 12 + 11  # (0, 0) -> (2, 3): 3 Chebyshev steps through (1, 1) and (1, 2) (rounded 0.67 and 1.33 rows)
+    assert steps[pair] == 3 and on_path[pair].tolist() == [True, True, True, True]
+    assert path[pair].tolist() == [0, 5, 6, 11]
+    pair = 1 * 12 + 2  # (0, 1) -> (0, 2): one step; the rest of the row is off the path
+    assert steps[pair] == 1 and on_path[pair].tolist() == [True, True, False, False]
+    assert released_index(5, 12) == 5 and released_index(8, 24) == 8 and released_index(8, 4) == 2
+
+
+def test_scclip_marks_a_far_token_and_repairs_it_from_its_neighbours(tiny_model):
+    torch.manual_seed(4)
+    tokens = torch.randn(2, 36, 8) * 0.1
+    tokens[0, 14] += 10.0  # an outlier at row 2, column 2 of a 6x6 grid
+    marked = outliers(tokens)
+    assert marked[0, 14] and marked.sum(dim=1).tolist() == [2, 2]  # the top 5%: ceil(0.05 * 36) tokens a view
+    fixed = repaired(tokens, marked, (6, 6))
+    neighbours = [i for i in (7, 8, 9, 13, 15, 19, 20, 21) if not marked[0, i]]
+    torch.testing.assert_close(fixed[0, 14], tokens[0, neighbours].mean(dim=0))
+    torch.testing.assert_close(fixed[~marked], tokens[~marked])
+    scclip, text = build_training_free("scclip", tiny_model.backbone), torch.randn(3, tiny_model.backbone.embed_dim)
+    pixels = torch.randn(2, 3, 64, 64)
+    alone = torch.cat([scclip.logits(pixels[i:i + 1].clone(), text) for i in range(2)])
+    torch.testing.assert_close(scclip.logits(pixels, text), alone, rtol=0, atol=1e-6)  # each view is its own
+
+
+def test_proxyclip_mixes_values_only_among_tokens_its_dino_features_group(tiny_model, monkeypatch):
+    backbone = tiny_model.backbone
+    proxyclip = build_training_free("proxyclip:b16", backbone)
+    assert proxyclip.foundation.patch_embed.proj.kernel_size == (16, 16)  # DINO ViT-B/16, random beside a random CLIP
+    regions = torch.zeros(2, 4, 6, 10)
+    regions[:, 0, :, :4], regions[:, 1, :, 4:] = 1.0, 1.0  # two regions on a 6 x 10 DINO grid
+    monkeypatch.setattr(proxyclip, "proxy_features", lambda pixels: regions)
+    features = proxyclip.dense_features(torch.randn(2, 3, 64, 80))  # CLIP's grid 8 x 10: values resized to DINO's
+    assert features.shape == (2, backbone.embed_dim, 6, 10)
+    left, right = features[..., :4].flatten(2), features[..., 4:].flatten(2)
+    torch.testing.assert_close(left, left[..., :1].expand_as(left))  # one mixture a region
+    torch.testing.assert_close(right, right[..., :1].expand_as(right))
+    assert (left[..., 0] - right[..., 0]).abs().max() > 1e-3
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setattr("timm.create_model", offline)
+    with pytest.raises(UserError, match="could not load vit_base_patch8_224.dino weights through timm"):
+        build_training_free("proxyclip", backbone)
+
+
 def test_registry_names_presets_and_errors():
-    assert training_free_methods() == ("maskclip", "sclip", "clearclip", "naclip", "readout")
+    assert training_free_methods() == ("maskclip", "sclip", "clearclip", "naclip", "resclip", "scclip", "proxyclip",
+                                       "readout")
     assert [str(m) for m in parse_methods("sclip:voc, naclip,synseg,naclip")] == ["sclip:voc", "naclip", "synseg"]
     assert parse_method("sclip:voc").title == "SCLIP (voc)" and parse_method("clearclip").title == "ClearCLIP"
     with pytest.raises(UserError, match="unknown method 'sam'"):

@@ -51,18 +51,19 @@ def test_slide_runs_any_method_on_a_non_square_image(tiny_model):
 
 
 def test_pamr_sharpens_a_blurred_mask_towards_the_image_edge():
-    image = torch.zeros(1, 3, 32, 32)
-    image[..., 16:] = 1.0  # a vertical edge between columns 15 and 16
+    # 64 wide: the local spread pools TCL's dilations up to 24, which on a narrower image all straddle the edge
+    image = torch.zeros(1, 3, 64, 64)
+    image[..., 32:] = 1.0  # a vertical edge between columns 31 and 32
     image += 0.02 * torch.randn_like(image)
-    columns = torch.arange(32.0)
-    blurred = torch.sigmoid((15.5 - columns) / 4).expand(32, 32)  # class 0 fades out across the edge
+    columns = torch.arange(64.0)
+    blurred = torch.sigmoid((31.5 - columns) / 4).expand(64, 64)  # class 0 fades out across the edge
     masks = torch.stack([blurred, 1 - blurred])[None]
     refined = pamr(image, masks)
-    ideal = (columns < 16).float().expand(32, 32)
+    ideal = (columns < 32).float().expand(64, 64)
     assert (refined[0, 0] - ideal).abs().mean() < 0.5 * (blurred - ideal).abs().mean()
-    jump = lambda m: (m[:, 15] - m[:, 16]).mean()  # noqa: E731
+    jump = lambda m: (m[:, 31] - m[:, 32]).mean()  # noqa: E731
     assert jump(refined[0, 0]) > 2 * jump(blurred)
-    torch.testing.assert_close(refined.sum(dim=1), torch.ones(1, 32, 32))  # a convex mixing: probabilities stay ones
+    torch.testing.assert_close(refined.sum(dim=1), torch.ones(1, 64, 64))  # a convex mixing: probabilities stay ones
 
 
 def test_protocol_names_and_errors():

@@ -108,16 +108,23 @@ def maskclip_tokens(refs: Path, visual, pixels):
     return (visual.ln_post(v) @ visual.proj)[:, 1:]  # final_norm on v, then the head's 1x1 projection
 
 
-def clearclip_child(refs: Path, out: Path) -> None:
-    """In a fresh process: ClearCLIP's vendored open_clip, model_type 'ClearCLIP', ignore_residual=True."""
-    sys.path.insert(0, str(refs / "ClearCLIP"))
-    import open_clip  # ClearCLIP's copy
+def vendored_visual(repo: Path, out: Path):
+    """The parity ViT built by a repository's vendored open_clip (to be called in a fresh process, which it shadows
+    the installed open_clip in), with the weights of out/inputs.safetensors; and those inputs."""
+    sys.path.insert(0, str(repo))
+    import open_clip  # the repository's copy
 
     (out / "parity-vit.json").write_text(json.dumps(ARCHITECTURE))
     open_clip.add_model_config(out / "parity-vit.json")
     visual = open_clip.create_model("parity-vit", pretrained=None).visual.eval()
     data = load_file(str(out / "inputs.safetensors"))
     visual.load_state_dict({k[len("visual."):]: v for k, v in data.items() if k.startswith("visual.")})
+    return visual, data
+
+
+def clearclip_child(refs: Path, out: Path) -> None:
+    """In a fresh process: ClearCLIP's vendored open_clip, model_type 'ClearCLIP', ignore_residual=True."""
+    visual, data = vendored_visual(refs / "ClearCLIP", out)
     with torch.no_grad():
         tokens = {key[len("input."):]: visual(data[key], model_type="ClearCLIP", ignore_residual=True).contiguous()
                   for key in data if key.startswith("input.")}

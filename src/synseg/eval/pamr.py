@@ -2,8 +2,8 @@
 
 Each iteration replaces a mask value by a weighted mean of its 8 neighbours at several dilations; the weights are a
 softmax over neighbours of -|I(x) - I(n)| / (0.1 std), the colour difference scaled by the local standard deviation
-(of the 3x3 neighbourhood at that dilation, per channel) and averaged over channels. Edges in the image therefore
-stop the mask from spreading across them. No maintained package ships PAMR; every OVSS repository carries a copy.
+(per channel, of the 3x3 neighbourhoods at all dilations together, each with its centre: LocalStDev of the original
+code) and averaged over channels. Edges in the image therefore stop the mask from spreading across them. No maintained package ships PAMR; every OVSS repository carries a copy.
 """
 from __future__ import annotations
 
@@ -15,22 +15,20 @@ TCL_DILATIONS = (1, 2, 4, 8, 12, 24)
 OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 
 
-def _shifts(x: torch.Tensor, dilation: int) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C, 8, H, W]: each pixel's 8 neighbours at `dilation`, borders replicated."""
+def _shifted(x: torch.Tensor, dilation: int) -> list[torch.Tensor]:
+    """[B, C, H, W] -> 8 views [B, C, H, W]: each pixel's neighbours at `dilation`, borders replicated."""
     height, width = x.shape[-2:]
     padded = F.pad(x, [dilation] * 4, mode="replicate")
-    return torch.stack([padded[..., dilation + dy * dilation: dilation + dy * dilation + height,
-                               dilation + dx * dilation: dilation + dx * dilation + width] for dy, dx in OFFSETS], dim=2)
+    return [padded[..., dilation + dy * dilation: dilation + dy * dilation + height,
+                   dilation + dx * dilation: dilation + dx * dilation + width] for dy, dx in OFFSETS]
 
 
 def affinities(image: torch.Tensor, dilations: tuple[int, ...] = TCL_DILATIONS) -> torch.Tensor:
     """[B, 3, H, W] image -> [B, 8 * len(dilations), H, W] neighbour weights summing to 1 at each pixel."""
-    weights = []
-    for dilation in dilations:
-        neighbours = _shifts(image, dilation)
-        spread = torch.cat([image.unsqueeze(2), neighbours], dim=2).std(dim=2, keepdim=True)
-        weights.append(-(neighbours - image.unsqueeze(2)).abs() / (1e-8 + 0.1 * spread))
-    return torch.softmax(torch.cat(weights, dim=2).mean(dim=1), dim=1)
+    neighbours = torch.stack([view for dilation in dilations for view in _shifted(image, dilation)], dim=2)
+    centres = image.unsqueeze(2).expand(-1, -1, len(dilations), -1, -1)  # the centre once per dilation, as LocalStDev
+    spread = torch.cat([centres, neighbours], dim=2).std(dim=2, keepdim=True)
+    return torch.softmax((-(neighbours - image.unsqueeze(2)).abs() / (1e-8 + 0.1 * spread)).mean(dim=1), dim=1)
 
 
 def pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int = TCL_ITERATIONS,
@@ -39,7 +37,11 @@ def pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int = TCL_ITERATI
     image = image.float()
     if image.shape[-2:] != masks.shape[-2:]:
         image = F.interpolate(image, size=masks.shape[-2:], mode="bilinear", align_corners=True)
-    weights = affinities(image, dilations).unsqueeze(1)  # [B, 1, P, h, w]
-    for _ in range(iterations):
-        masks = sum((_shifts(masks, d) * weights[:, :, 8 * i: 8 * i + 8]).sum(dim=2) for i, d in enumerate(dilations))
+    weights = affinities(image, dilations).unsqueeze(2)  # [B, P, 1, h, w]
+    for _ in range(iterations):  # a running sum of shifted views: never the [B, K, P, h, w] stack
+        refined = torch.zeros_like(masks)
+        for i, dilation in enumerate(dilations):
+            for j, view in enumerate(_shifted(masks, dilation)):
+                refined.addcmul_(view, weights[:, 8 * i + j])
+        masks = refined
     return masks

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from synseg.errors import UserError
-from synseg.eval.methods import clearclip, maskclip, naclip, readout, sclip
+from synseg.eval.methods import clearclip, maskclip, naclip, proxyclip, readout, resclip, scclip, sclip
 from synseg.eval.methods.base import Preset, TrainingFreeCLIP
 from synseg.models.backbone import ClipBackbone
 
@@ -17,6 +17,9 @@ TRAINING_FREE: dict[str, tuple[type[TrainingFreeCLIP], dict[str, Preset]]] = {
     "sclip": (sclip.SCLIP, sclip.PRESETS),
     "clearclip": (clearclip.ClearCLIP, clearclip.PRESETS),
     "naclip": (naclip.NACLIP, naclip.PRESETS),
+    "resclip": (resclip.ResCLIP, resclip.PRESETS),
+    "scclip": (scclip.SCCLIP, scclip.PRESETS),
+    "proxyclip": (proxyclip.ProxyCLIP, proxyclip.PRESETS),
     "readout": (readout.CLSReadout, readout.PRESETS),
 }
 TRAINED = {"synseg": "SynSeg"}

@@ -1,9 +1,11 @@
 """What the training-free dense-CLIP methods share: CLIP up to its last image block, then a method's own last block,
 `ln_post` and the projection into the joint space, compared with label embeddings by cosine similarity.
 
-A method changes only `last_block`. The windows of the slide protocol can be larger than CLIP's input size; the
-position embeddings are then resized bicubically to the window's token grid, as the reference implementations do
-(DINO's convention: `scale_factor` of (grid + 0.1) / native grid, so that rounding never loses a row).
+A method changes `last_block`; one that needs more than that block's input (earlier blocks' tokens or attention, the
+labels) replaces `dense_features` or `logits` instead, from `hidden_states`. The windows of the slide protocol can be
+larger than CLIP's input size; the position embeddings are then resized bicubically to the window's token grid, as the
+reference implementations do (DINO's convention: `scale_factor` of (grid + 0.1) / native grid, so that rounding never
+loses a row).
 """
 from __future__ import annotations
 
@@ -73,39 +75,46 @@ class TrainingFreeCLIP(nn.Module):
         x = torch.cat([cls, x], dim=1) + resized_positions(visual.positional_embedding, grid).to(x.dtype)
         return visual.ln_pre(visual.patch_dropout(x))
 
-    def penultimate(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Tokens after all blocks but the last, batch first; the backbone keeps the last result, so that methods
-        asked about the same views one after another run CLIP's shared part once."""
-        cached = self.backbone.__dict__.get("_penultimate")
+    def hidden_states(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Tokens entering each block, batch first: [0] after ln_pre, [i] after i blocks, [-1] entering the last one.
+        The backbone keeps the last result, so that methods asked about the same views one after another run CLIP's
+        shared part once."""
+        cached = self.backbone.__dict__.get("_hidden_states")
         if cached is not None and cached[0] is pixels:
             return cached[1]
         x = self.embed(pixels)
         transformer = self.backbone.clip.visual.transformer
-        if not transformer.batch_first:
-            x = x.transpose(0, 1)
+        states = [x]
         for block in transformer.resblocks[:-1]:
-            x = block(x)
-        if not transformer.batch_first:
-            x = x.transpose(0, 1)
-        self.backbone.__dict__["_penultimate"] = (pixels, x)
-        return x
+            x = block(x) if transformer.batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+            states.append(x)
+        self.backbone.__dict__["_hidden_states"] = (pixels, states)
+        return states
+
+    def patch_features(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """[V, tokens, width] last-block output (CLS first unless there are only h*w tokens) -> L2-normalised patch
+        features [V, embed_dim, h, w] in the joint space."""
+        visual = self.backbone.clip.visual
+        tokens = visual.ln_post(x[:, x.shape[1] - grid[0] * grid[1]:])
+        if visual.proj is not None:
+            tokens = tokens @ visual.proj
+        return F.normalize(tokens.float(), dim=-1).transpose(1, 2).reshape(len(x), -1, *grid)
+
+    def grid(self, pixels: torch.Tensor) -> tuple[int, int]:
+        patch = self.backbone.patch_size
+        return pixels.shape[-2] // patch, pixels.shape[-1] // patch
 
     @torch.inference_mode()
     def dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """[V, 3, H, W] normalised views -> L2-normalised patch features [V, embed_dim, H/p, W/p] in the joint space."""
-        visual, patch = self.backbone.clip.visual, self.backbone.patch_size
-        grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
-        x = self.last_block(visual.transformer.resblocks[-1], self.penultimate(pixels), grid)
-        tokens = visual.ln_post(x[:, 1:])
-        if visual.proj is not None:
-            tokens = tokens @ visual.proj
-        return F.normalize(tokens.float(), dim=-1).transpose(1, 2).reshape(len(pixels), -1, *grid)
+        grid = self.grid(pixels)
+        block = self.backbone.clip.visual.transformer.resblocks[-1]
+        return self.patch_features(self.last_block(block, self.hidden_states(pixels)[-1], grid), grid)
 
     @torch.inference_mode()
     def logits(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """[V, K, H, W] cosine similarity of patch features and labels, upsampled bilinearly from the token grid."""
-        cosine = torch.einsum("vchw,kc->vkhw", self.dense_features(pixels), F.normalize(text.float(), dim=-1))
-        return F.interpolate(cosine, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+        return upsampled_cosine(self.dense_features(pixels), text, pixels.shape[-2:])
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities: softmax over the labels (dim 1) of the cosine times the method's logit scale."""
@@ -115,6 +124,20 @@ class TrainingFreeCLIP(nn.Module):
     def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """[V, K, H, W] class probabilities for V normalised views and K label embeddings."""
         return self.activate(self.logits(pixels, text))
+
+
+def upsampled_cosine(features: torch.Tensor, text: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[V, C, h, w] normalised features and [K, C] label embeddings -> [V, K, H, W] cosine, bilinear to `size`."""
+    cosine = torch.einsum("vchw,kc->vkhw", features, F.normalize(text.float(), dim=-1))
+    return F.interpolate(cosine, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def released_index(index: int, depth: int) -> int:
+    """A block index that a method's released code fixes for ViT-B/16's 12 blocks, on a CLIP of `depth` blocks.
+
+    From 12 blocks on it is kept as it is, as the released code keeps it on ViT-L/14's 24; on a shallower CLIP (where
+    that code would fail) it keeps its place among the L-1 blocks before the last: index * (depth - 1) // 11."""
+    return index if depth >= 12 else index * (depth - 1) // 11
 
 
 def resized_positions(positions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
