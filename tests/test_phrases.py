@@ -129,7 +129,7 @@ def test_shipped_list_is_extended_or_replaced_by_user_files(nlp, tmp_path):
     assert [p.text for p in PhraseExtractor(PhraseConfig(exclude_files=(str(extra),)), nlp=nlp)(caption)] == ["stairs"]
     only_user = PhraseConfig(exclude_files=(str(extra),), default_exclusions=False)
     assert [p.text for p in PhraseExtractor(only_user, nlp=nlp)(caption)] == ["top", "stairs"]
-    with pytest.raises(UserError, match="cannot read exclusion list"):
+    with pytest.raises(UserError, match="exclusion list not found"):
         Exclusions.load([tmp_path / "absent.txt"])
 
 
