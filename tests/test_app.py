@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-gradio = pytest.importorskip("gradio")
+gradio = pytest.importorskip("gradio", reason="the app tests need gradio: pip install 'synseg[app]'")
 
 
 @pytest.fixture(scope="module")

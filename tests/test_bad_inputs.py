@@ -463,8 +463,8 @@ def test_good_layout_scores_its_own_labels_100_and_a_model_runs_on_it(tmp_path, 
 # -- captions and shards (phrases) ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def spacy_ready():
-    pytest.importorskip("spacy")
-    pytest.importorskip("webdataset")
+    pytest.importorskip("spacy", reason="phrases need spaCy: pip install 'synseg[train]'")
+    pytest.importorskip("webdataset", reason="tar shards need webdataset: pip install 'synseg[train]'")
     from synseg.data.phrases import load_spacy
     from synseg.errors import UserError
 
