@@ -157,3 +157,16 @@ def test_softmax_alignment_is_cross_entropy_over_the_batchs_phrases_without_syno
     image0 = (nll(fg[0], cat, [dog]) + nll(fg[1], dog, [cat, kitty])) / 2
     image1 = (nll(fg[2], cat, [dog]) + nll(fg[3], kitty, [dog])) / 2
     torch.testing.assert_close(terms["intra_align"], (image0 + image1) / 2)
+
+
+def test_present_term_is_the_cross_entropy_of_the_strongest_tokens_mean_towards_one():
+    """Two named pairs of 5 tokens, the 2 strongest counted: mean(-log((0.9 + 0.7) / 2), -log((0.2 + 0.1) / 2))."""
+    named = torch.tensor([[0.1, 0.9, 0.7, 0.3, 0.0], [0.05, 0.2, 0.1, 0.0, 0.0]])
+    config = LossConfig(present_boost=0.5, present_tokens=2)
+    text = torch.stack([unit(1, 0), unit(0, 1)])
+    terms = mccl_loss(text, text, text, torch.tensor([0, 1]), config, named_activations=named)
+    expected = (-math.log(0.8) - math.log(0.15)) / 2
+    assert terms["present_boost"].item() == pytest.approx(expected, rel=1e-6)
+    without = mccl_loss(text, text, text, torch.tensor([0, 1]), LossConfig(present_tokens=2), named_activations=named)
+    assert terms["total"].item() == pytest.approx(without["total"].item() + 0.5 * expected, rel=1e-6)
+    assert "present_boost" not in without
