@@ -94,12 +94,14 @@ def image_tensor(image: Image.Image, device: torch.device | str | None = None) -
 
 
 def check_image(path: str | os.PathLike) -> Path:
-    """Fail early, in one line, on a missing, non-image or oversized file (reads the header only)."""
+    """Fail early, in one line, on a missing, non-image, oversized (by its header, before decoding) or damaged file:
+    decoded once and dropped, so that a command that checks its inputs first never stops halfway through them with
+    the outputs of some written and not of the rest."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
-    with open_image(path):
-        pass
+    with open_image(path) as image:
+        image.load()
     return path
 
 
