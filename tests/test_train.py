@@ -296,3 +296,4 @@ def test_losses_and_overrides_change_only_what_they_name(tmp_path):
     assert unchanged == {k: v for k, v in vars(base).items() if k in unchanged}
     with pytest.raises(UserError, match="unknown loss term 'L5'"):
         loaded("--losses", "L5")
+

@@ -1,14 +1,12 @@
 """The training loop: frozen CLIP features in, FSS + MCCL loss, AdamW with warm-up and cosine decay, resumable."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -67,28 +65,6 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         cuda = cuda[0] if cuda else None
     if cuda is not None and device.type == "cuda":
         torch.cuda.set_rng_state(cuda, device)
-
-
-@contextlib.contextmanager
-def deterministic_kernels(device: torch.device) -> Iterator[None]:
-    """On a CPU, kernels that add in a fixed order at every thread count, so that a run, and a run killed and
-    resumed, gives the same bits each time. The one that did not: the backward of indexing with repeated indices
-    (`index_put_` with accumulate, the decoder's gather of each image's tokens for its pairs), which with more than
-    one thread adds by atomics in whatever order the threads arrive. Its deterministic version costs ~nothing
-    (docs/training.md). Not on GPUs: there PyTorch also needs a cuBLAS workspace setting and refuses the kernels it
-    has no deterministic version of. Memory is not filled with NaN here (the mode's default; a cost, no use)."""
-    if device.type != "cpu":
-        yield
-        return
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.utils.deterministic.fill_uninitialized_memory)
-    torch.use_deterministic_algorithms(True)
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.utils.deterministic.fill_uninitialized_memory = before[2]
 
 
 def seed_everything(seed: int) -> None:
@@ -240,10 +216,6 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------------------------
     def fit(self) -> SynSeg:
-        with deterministic_kernels(self.device):
-            return self._fit()
-
-    def _fit(self) -> SynSeg:
         config = self.config
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
