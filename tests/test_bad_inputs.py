@@ -147,6 +147,12 @@ def test_every_command_refuses_an_output_file_that_is_a_folder(tmp_path, capsys,
     }
     for command, argv in commands.items():
         assert_error(*answer(capsys, [command, *argv]), command, "is a folder")
+    voc = tmp_path / "raw" / "VOCdevkit" / "VOC2012"  # prepare: a folder where its second label goes
+    _folder_benchmark(voc, ["background", "cat"])
+    (tmp_path / "prepared" / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "b.png").mkdir(parents=True)
+    assert_error(*answer(capsys, ["prepare", "voc", "--from", str(tmp_path / "raw"), "--out", str(tmp_path / "prepared"),
+                                  "--split", "val"]), "prepare", "is a folder")
+    assert not [path for path in (tmp_path / "prepared").rglob("*") if not path.is_dir()]  # no file written
     out = tmp_path / "run"
     (out / "log.jsonl").mkdir(parents=True)
     assert_error(*answer(capsys, _train(*train_data, out, TRAIN_CONFIG)), "train", "is a folder")
