@@ -119,10 +119,15 @@ BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-
                     (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
+def announced_codec(head: bytes) -> str:
+    """The codec whose byte-order mark `head` starts with; UTF-8 where there is none."""
+    return next((codec for mark, codec in BYTE_ORDER_MARKS if head.startswith(mark)), "utf-8")
+
+
 def decode_text(data: bytes, name: str | os.PathLike, errors: str = "strict") -> str:
     """Text in UTF-8, or in the UTF-8/16/32 that a byte-order mark announces; the mark itself is never part of the
     text (Windows editors write one). Anything else is a one-line error naming the line, unless `errors` replaces."""
-    codec = next((codec for mark, codec in BYTE_ORDER_MARKS if data.startswith(mark)), "utf-8")
+    codec = announced_codec(data)
     try:
         return data.decode(codec, errors=errors)
     except UnicodeDecodeError as error:
@@ -154,8 +159,7 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
 def open_lines(path: str | os.PathLike, what: str = "file") -> IO[bytes]:
     """A line-by-line (jsonl) input opened in binary, past a UTF-8 byte-order mark; the readers keep byte offsets,
     so a UTF-16 or UTF-32 file is a one-line error instead of lines that all fail to parse."""
-    head = read_bytes(path, what, size=4)
-    codec = next((codec for mark, codec in BYTE_ORDER_MARKS if head.startswith(mark)), "utf-8")
+    codec = announced_codec(read_bytes(path, what, size=4))
     if codec not in ("utf-8", "utf-8-sig"):
         raise UserError(f"{path} is {codec.upper()} text: save it as UTF-8, one JSON object per line")
     lines = open(path, "rb")
@@ -214,7 +218,7 @@ def ensure_writable_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a folder; name a file")
-    if os.path.lexists(path) and not path.is_file() and not (path.is_symlink() and not path.exists()):
+    if path.exists() and not path.is_file():
         raise UserError(f"cannot write {path}: something other than a file is there")
     ensure_writable_dir(path.parent)
     return path

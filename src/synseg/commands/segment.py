@@ -110,9 +110,8 @@ def run(args: argparse.Namespace) -> int:
             overlay(image, result.label_map, names).save(tmp, format="PNG")
         with atomic_path(out / entry["label_map"]) as tmp:
             label_map_image(result.label_map, len(names)).save(tmp, format="PNG")
-    kind = "palette PNG" if len(names) <= 256 else "16-bit grey PNG"
-    write_json({"classes": names, "background": args.background, "files": {"label_map": kind, "heat_maps": dict(zip(labels, heats))}},
-               out / LABELS)
+    kinds = {"label_map": "palette PNG" if len(names) <= 256 else "16-bit grey PNG", "heat_maps": dict(zip(labels, heats))}
+    write_json({"classes": names, "background": args.background, "files": kinds}, out / LABELS)
     write_json({"images": [{"image": str(path), **entry} for path, entry in zip(paths, files)]}, out / MANIFEST)
     print(f"wrote {len(paths)} label map(s), overlays and heat maps to {out} ({MANIFEST} maps images to files)",
           file=sys.stderr)
