@@ -15,7 +15,7 @@
         classes the scene holds, how many instances of each unseen thing the scenes hold, and where its wrongly
         labelled thing pixels go (an absent thing of the same colour, of the same pattern, stuff, ...)
     python benchmarks/world_diagnostics.py sizes WORLD_TEST_DIR [CHECKPOINT ...]
-        how many patch tokens each thing covers where it is visible (what `loss.present_tokens` is set against), and
+        how many patch tokens each thing covers where it is visible (what `loss.present_share` is set against), and
         per checkpoint how much of each present thing its map covers and how much of that map lies outside the thing
 """
 from __future__ import annotations

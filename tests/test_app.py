@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-gradio = pytest.importorskip("gradio")
+gradio = pytest.importorskip("gradio", reason="the app tests need gradio: pip install 'synseg[app]'")
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +81,30 @@ def test_browser_script_segments_a_scene_and_saves_a_screenshot(client, tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     assert "overlay with its legend" in done.stdout
     assert Image.open(out).size[0] == 1400  # the viewport's width; the full page is taller
+
+
+def test_a_checkpoint_is_served_in_place_of_the_world_model(tiny_model, tmp_path):
+    """`synseg app --checkpoint DIR`: the page's SynSeg is that checkpoint's model (its maps, its threshold), with the
+    example photo instead of generated scenes."""
+    from synseg.checkpoint import save_model
+    from synseg.commands.app import setup_from_args
+    from synseg.predictor import Segmenter
+
+    import copy
+
+    import torch
+
+    trained = copy.deepcopy(tiny_model)
+    with torch.no_grad():  # a decoder of its own, which only loading the checkpoint gives the page
+        for parameter in trained.decoder.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    checkpoint = save_model(trained, tmp_path / "ckpt")
+    torch.manual_seed(0)  # the random backbone tiny_model was built with (a checkpoint names its backbone, not weights)
+    setup = setup_from_args(argparse.Namespace(checkpoint=str(checkpoint), backbone=None, pretrained=None, device="cpu"))
+    assert setup.title == str(checkpoint) and setup.scene_size is None and setup.examples[0].name == "aeroplane.jpg"
+    assert setup.threshold == tiny_model.background_threshold and "SynSeg" in setup.segmenters
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    served = setup.segmenters["SynSeg"].segment(image, ["aeroplane", "sky"], views=1)
+    direct = Segmenter(trained).segment(image, ["aeroplane", "sky"], views=1)
+    assert np.array_equal(served.label_map, direct.label_map)
+    assert np.array_equal(served.maps.numpy(), direct.maps.numpy())

@@ -77,8 +77,9 @@ def test_bad_images(case, tmp_path, capsys, monkeypatch):
     make, message = BAD_IMAGES[case]
     path = tmp_path / ("x.jpg" if "jpeg" in case else "x.png")
     make(path)
-    assert_error(*answer(capsys, ["segment", str(path), "--labels", "cat", "--out", str(tmp_path / "o"), *TINY]),
-                 "segment", message)
+    Image.fromarray(rgb()).save(tmp_path / "good.png")  # segmented first if the bad one were found only on its turn
+    assert_error(*answer(capsys, ["segment", str(tmp_path / "good.png"), str(path), "--labels", "cat", "--out",
+                                  str(tmp_path / "o"), *TINY]), "segment", message)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
@@ -117,6 +118,71 @@ def test_unusual_images_are_segmented_at_their_shown_size(tmp_path, capsys):
             assert heat.size == size, stem
 
 
+# -- output paths ---------------------------------------------------------------------------------------------------
+SEGMENT_OUTPUTS = ["x.png", "x.overlay.png", "x.heat.cat.png", "labels.json", "manifest.json"]
+
+
+@pytest.mark.parametrize("name", SEGMENT_OUTPUTS)
+@pytest.mark.parametrize("blocker", ["folder", "fifo"])
+def test_any_segment_output_taken_by_a_folder_or_fifo_stops_before_writing_anything(name, blocker, tmp_path, capsys):
+    Image.fromarray(rgb()).save(tmp_path / "x.png")
+    out = tmp_path / "o"
+    out.mkdir()
+    os.mkfifo(out / name) if blocker == "fifo" else (out / name).mkdir()
+    message = "it is a folder" if blocker == "folder" else "something other than a file"
+    assert_error(*answer(capsys, ["segment", str(tmp_path / "x.png"), "--labels", "cat", "--out", str(out), "--views", "1",
+                                  *TINY]), "segment", message)
+    assert [p.name for p in out.iterdir()] == [name]
+
+
+def test_every_command_refuses_an_output_file_that_is_a_folder(tmp_path, capsys, train_data):
+    root, preds = tmp_path / "bench", tmp_path / "preds"
+    _predictions(preds, _folder_benchmark(root, ["cat", "dog", "sky"]))
+    taken = tmp_path / "taken.png"
+    taken.mkdir()
+    commands = {
+        "eval": ["--benchmark", "folder", "--root", str(root), "--predictions", str(preds), "--json", str(taken)],
+        "viz": ["overlay", str(root / "JPEGImages" / "a.jpg"), "--labels", "cat", "--out", str(taken), *TINY],
+        "bench": [*TINY, "--methods", "synseg", "--json", str(taken)],
+    }
+    for command, argv in commands.items():
+        assert_error(*answer(capsys, [command, *argv]), command, "is a folder")
+    voc = tmp_path / "raw" / "VOCdevkit" / "VOC2012"  # prepare: a folder where its second label goes
+    _folder_benchmark(voc, ["background", "cat"])
+    (tmp_path / "prepared" / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "b.png").mkdir(parents=True)
+    assert_error(*answer(capsys, ["prepare", "voc", "--from", str(tmp_path / "raw"), "--out", str(tmp_path / "prepared"),
+                                  "--split", "val"]), "prepare", "is a folder")
+    assert not [path for path in (tmp_path / "prepared").rglob("*") if not path.is_dir()]  # no file written
+    out = tmp_path / "run"
+    (out / "log.jsonl").mkdir(parents=True)
+    assert_error(*answer(capsys, _train(*train_data, out, TRAIN_CONFIG)), "train", "is a folder")
+    (out / "log.jsonl").rmdir()
+    (out / "final").write_text("")
+    assert_error(*answer(capsys, _train(*train_data, out, TRAIN_CONFIG)), "train", "a file of that name is in the way")
+    assert sorted(p.name for p in out.iterdir()) == ["final"]
+
+
+# -- input names ----------------------------------------------------------------------------------------------------
+def test_image_names_are_kept_and_the_manifest_maps_each_image_to_its_files(tmp_path, capsys):
+    inputs = ["café photo ü.jpg", "a/x.png", "b/x.png", "x.jpg", "x.overlay.png", "line\nbreak.png"]
+    for name in inputs:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(rgb()).save(tmp_path / name)
+    out = tmp_path / "o"
+    code, err = answer(capsys, ["segment", *(str(tmp_path / n) for n in inputs), str(tmp_path / "x.jpg"),
+                                "--labels", "cat, big dog", "--out", str(out), "--views", "1", *TINY])
+    assert code == 0, err
+    images = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["images"]
+    assert [entry["image"] for entry in images] == [str(tmp_path / n) for n in inputs]  # the repeated x.jpg once
+    first = images[0]
+    assert first["label_map"] == "café photo ü.png" and first["heat_maps"]["big dog"] == "café photo ü.heat.big dog.png"
+    written = [name for entry in images for name in [entry["label_map"], entry["overlay"], *entry["heat_maps"].values()]]
+    assert len(set(written)) == len(written) == 4 * len(inputs)
+    assert sorted(written + ["labels.json", "manifest.json"]) == sorted(p.name for p in out.iterdir())
+    clashing = [entry["label_map"] for entry in images[1:]]
+    assert all(name.startswith(("x-", "x.overlay-", "line_break-")) for name in clashing), clashing
+
+
 # -- labels ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("labels, message", [("", "non-empty"), (" , ", "non-empty"), ("cat,,dog", "non-empty"),
                                              ("cat, dog, cat", "duplicate label")])
@@ -137,8 +203,9 @@ def test_labels_whose_file_names_would_collide_or_overflow_get_files_of_their_ow
     assert list(files) == labels
     names = [f"x.heat.{part}.png" for part in files.values()]
     assert len({name.casefold() for name in names}) == len(labels)  # distinct even on a case-insensitive disk
-    assert all(len(name.encode()) < 120 and "/" not in name for name in names)
+    assert all(len(name.encode()) < 256 and "/" not in name for name in names)
     assert all((out / name).is_file() for name in names)
+    assert [files[label] for label in ("a b", "猫", "🐶 dog", "{}")] == ["a b", "猫", "🐶 dog", "{}"]  # names kept
 
 
 def test_more_labels_than_a_palette_holds_give_a_16_bit_label_map(tmp_path, capsys):
@@ -226,6 +293,100 @@ def test_bad_checkpoints(case, checkpoint, tmp_path, capsys):
     assert_error(*answer(capsys, ["info", "--checkpoint", str(checkpoint)]), "info", message)
 
 
+def _clip_weights(path: Path, change: Callable[[dict], dict]) -> None:
+    from safetensors.torch import save_file
+
+    from synseg.models.backbone import BackboneConfig, ClipBackbone
+
+    torch.manual_seed(0)
+    save_file(change(ClipBackbone(BackboneConfig("synseg-tiny", None)).clip.state_dict()), str(path))
+
+
+BAD_WEIGHTS: dict[str, Callable[[Path], object]] = {
+    "random bytes": lambda p: p.write_bytes(os.urandom(700)),
+    "empty": lambda p: p.write_bytes(b""),
+    "damaged safetensors header": lambda p: p.write_bytes(struct.pack("<Q", 60) + b'{"a": {"dtype": "F32", "shape"' + b"x" * 40),
+    "header longer than the file": lambda p: p.write_bytes(struct.pack("<Q", 10**9) + b"{}"),
+    "cut safetensors": lambda p: (_clip_weights(p, dict), p.write_bytes(p.read_bytes()[:3000])),
+    "other model's tensors": lambda p: _clip_weights(p, lambda w: {k: (v[..., :1] if v.ndim else v).contiguous() for k, v in w.items()}),
+    "tensors missing": lambda p: _clip_weights(p, lambda w: dict(list(w.items())[:3])),
+    "pickled list": lambda p: torch.save([torch.zeros(2)], p),
+    "pickled object": lambda p: p.write_bytes(__import__("pickle").dumps(Path("x"))),
+}
+
+
+@pytest.mark.parametrize("case", BAD_WEIGHTS)
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_pretrained_files_that_are_not_clip_weights(case, suffix, tmp_path, capsys):
+    weights = tmp_path / f"w{suffix}"
+    BAD_WEIGHTS[case](weights)
+    Image.fromarray(rgb()).save(tmp_path / "x.png")
+    assert_error(*answer(capsys, ["segment", str(tmp_path / "x.png"), "--labels", "cat", "--out", str(tmp_path / "o"),
+                                  "--method", "maskclip", "--backbone", "synseg-tiny", "--pretrained", str(weights)]),
+                 "segment", "is not CLIP weights for synseg-tiny")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_pretrained_file_of_clip_weights_is_loaded(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from synseg.models.backbone import BackboneConfig, ClipBackbone
+
+    _clip_weights(tmp_path / "w.safetensors", dict)
+    loaded = ClipBackbone(BackboneConfig("synseg-tiny", str(tmp_path / "w.safetensors"))).clip.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in load_file(str(tmp_path / "w.safetensors")).items())
+
+
+# -- JSON of the wrong shape, text with a byte-order mark or in another encoding ------------------------------------
+@pytest.mark.parametrize("text, message", [("[]", "got a list"), ('"synseg-tiny"', "got a string"), ("7", "got a number"),
+                                           ("null", "got null"), ('{"model": []}', "expected an object"),
+                                           ('{"loss": 1}', "expected an object"), ('{"model": {"decoder": "x"}}', "expected an object")])
+def test_config_json_whose_parts_have_the_wrong_type(text, message, train_data, tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(text)
+    argv = ["train", "--data", str(train_data[0]), "--phrases", str(train_data[1]), "--out", str(tmp_path / "r"),
+            "--config", str(config)]
+    assert_error(*answer(capsys, argv), "train", message)
+    assert_error(*answer(capsys, ["info", "--backbone", str(config), "--pretrained", "none"]), "info",
+                 message if text.startswith(("[", '"', "7", "n")) else "is not an open_clip architecture")
+
+
+ENCODINGS = {"UTF-8 with BOM": "utf-8-sig", "UTF-16": "utf-16", "UTF-32": "utf-32"}
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_text_inputs_with_a_byte_order_mark_are_read_whole(encoding, train_data, tmp_path, capsys):
+    codec = ENCODINGS[encoding]
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({**TRAIN_CONFIG, "iterations": 1}), encoding=codec)
+    root, preds = tmp_path / "bench", tmp_path / "preds"
+    _predictions(preds, _folder_benchmark(root, ["background", "café", "dog"]))
+    (root / "classes.txt").write_text("background\ncafé\ndog\n", encoding=codec)
+    (root / "ImageSets/Segmentation/val.txt").write_text("a\nb\n", encoding=codec)
+    code, err = answer(capsys, ["eval", "--benchmark", "folder", "--root", str(root), "--predictions", str(preds),
+                                "--json", str(tmp_path / "r.json")])
+    assert code == 0, err
+    result = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["results"][0]
+    assert result["miou"] == 100.0 and "café" in result["per_class_iou"] and result["images"] == 2
+    data, phrases = train_data
+    if codec == "utf-8-sig":  # line readers keep byte offsets: a UTF-8 BOM is skipped, UTF-16/32 is an error
+        phrases.write_bytes(b"\xef\xbb\xbf" + phrases.read_bytes())
+        code, err = answer(capsys, _train(data, phrases, tmp_path / "run", None, "--config", str(config)))
+        assert code == 0, err
+    else:
+        phrases.write_text(phrases.read_text(), encoding=codec)
+        assert_error(*answer(capsys, _train(data, phrases, tmp_path / "run", None, "--config", str(config))), "train",
+                     f"is {encoding} text: save it as UTF-8")
+
+
+def test_text_not_in_utf8_is_one_line_naming_the_line(tmp_path, capsys):
+    root, preds = tmp_path / "bench", tmp_path / "preds"
+    _predictions(preds, _folder_benchmark(root, ["background", "cat", "dog"]))
+    (root / "classes.txt").write_bytes("background\ncafé\ndog\n".encode("latin-1"))
+    assert_error(*answer(capsys, ["eval", "--benchmark", "folder", "--root", str(root), "--predictions", str(preds)]),
+                 "eval", "is not UTF-8 text (line 2)")
+
+
 # -- benchmark layouts ----------------------------------------------------------------------------------------------
 def _folder_benchmark(root: Path, classes: list[str], stems=("a", "b")) -> dict[str, np.ndarray]:
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
@@ -309,8 +470,8 @@ def test_good_layout_scores_its_own_labels_100_and_a_model_runs_on_it(tmp_path, 
 # -- captions and shards (phrases) ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def spacy_ready():
-    pytest.importorskip("spacy")
-    pytest.importorskip("webdataset")
+    pytest.importorskip("spacy", reason="phrases need spaCy: pip install 'synseg[train]'")
+    pytest.importorskip("webdataset", reason="tar shards need webdataset: pip install 'synseg[train]'")
     from synseg.data.phrases import load_spacy
     from synseg.errors import UserError
 

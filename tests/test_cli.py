@@ -38,6 +38,45 @@ def test_segment_writes_maps_of_each_images_size(real_data, tmp_path, views):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
+SEGMENT_OPTIONS = {
+    "maskclip, slide": (["--method", "maskclip", "--protocol", "slide:96/64/32"], "maskclip", "slide:96/64/32", False, "fp32"),
+    "sclip, pamr": (["--method", "sclip", "--pamr"], "sclip", "synseg", True, "fp32"),
+    "maskclip, bf16": (["--method", "maskclip", "--precision", "bf16"], "maskclip", "synseg", False, "bf16"),
+}
+
+
+@pytest.mark.parametrize("case", SEGMENT_OPTIONS)
+def test_segment_with_a_training_free_method_writes_what_the_library_computes(case, real_data, tmp_path):
+    """--method, --protocol, --pamr and --precision reach the maps: the files equal the library's result under the
+    same options, and that result differs from the one without them."""
+    import torch
+
+    from synseg.eval.methods import build_training_free
+    from synseg.eval.protocols import parse_protocols
+    from synseg.models.backbone import BackboneConfig, ClipBackbone
+    from synseg.predictor import Segmenter
+    from synseg.render import heat_map
+
+    options, method, protocol, pamr, precision = SEGMENT_OPTIONS[case]
+    image = Image.open(sorted((real_data / "VOCdevkit/VOC2012/JPEGImages").glob("*.jpg"))[0]).convert("RGB").resize((120, 90))
+    image.save(tmp_path / "x.png")
+    torch.manual_seed(0)
+    assert main(["segment", str(tmp_path / "x.png"), "--labels", "person, dog", "--out", str(tmp_path / "o"), *options, *TINY]) == 0
+    torch.manual_seed(0)  # the same random backbone as the command's
+    predictor = build_training_free(method, ClipBackbone(BackboneConfig("synseg-tiny", None))).eval()
+
+    def result(protocol: str, pamr: bool, precision: str):
+        segmented = Segmenter(predictor, precision=precision).segment(
+            image, ["person", "dog"], protocol=parse_protocols(protocol, pamr)[0])
+        return segmented.label_map, np.asarray(heat_map(segmented.maps[1].cpu().numpy()))
+
+    label_map, heat = result(protocol, pamr, precision)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / "x.png")), label_map)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / "x.heat.dog.png")), heat)
+    plain_map, plain_heat = result("synseg", False, "fp32")
+    assert not np.array_equal(plain_heat, heat), "the options changed nothing"
+
+
 def test_info_reports_the_papers_parameter_count():
     result = synseg("info", "--backbone", "ViT-B-16", "--json")
     assert result.returncode == 0, result.stderr

@@ -13,7 +13,7 @@ from synseg.data.captions import CaptionSource, shard_for
 from synseg.data.datasets import CaptionPhraseDataset, DataConfig, PhraseLoader, collate_phrases
 from synseg.errors import UserError
 
-wds = pytest.importorskip("webdataset")
+wds = pytest.importorskip("webdataset", reason="tar shards need webdataset: pip install 'synseg[train]'")
 
 BROKEN = "s1-003"
 
@@ -51,14 +51,14 @@ def shards(tmp_path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def coco(real_data, tmp_path) -> tuple[Path, Path]:
-    """The real COCO folder, with PHRASES.jsonl lines for its 80 images and one for a broken image file."""
+def coco(coco_captions, tmp_path) -> tuple[Path, Path]:
+    """The COCO captions folder, with PHRASES.jsonl lines for its 80 images and one for a broken image file."""
     root = tmp_path / "coco"
     (root / "images").mkdir(parents=True)
     lines = []
-    for number, line in enumerate((real_data / "coco_captions" / "captions.jsonl").read_text().splitlines()):
+    for number, line in enumerate((coco_captions / "captions.jsonl").read_text().splitlines()):
         image = json.loads(line)["image"]
-        (root / image).symlink_to(real_data / "coco_captions" / image)
+        (root / image).symlink_to(coco_captions / image)
         lines.append({"key": image, "image": image, "phrases": _words(number)})
     (root / "images" / "broken.jpg").write_bytes(b"GIF89a nothing")
     lines.append({"key": "broken", "image": "images/broken.jpg", "phrases": ["dog"]})
@@ -77,7 +77,7 @@ def _keys(batches) -> list[list[str]]:
     return [batch.keys + [f"!{key}" for key in batch.broken] for batch in batches]
 
 
-def test_source_layouts(shards, real_data, tmp_path):
+def test_source_layouts(shards, coco_captions, tmp_path):
     folder, _ = shards
     (folder.parent / "empty").mkdir()
     assert len(CaptionSource(folder).shards) == 3
@@ -87,11 +87,11 @@ def test_source_layouts(shards, real_data, tmp_path):
     assert [r.key for r in records][:3] == ["s0-000", "s0-001", "s0-002"] and len(records) == 14
     assert records[0].captions == ["caption s0-000"] and records[0].location == "00000.tar"
     assert records[2].captions == [] and isinstance(records[0].image, bytes)
-    coco = CaptionSource(real_data / "coco_captions")
+    coco = CaptionSource(coco_captions)
     assert coco.layout == "jsonl" and coco.count() == 80
     first = next(coco.records())
     assert len(first.captions) == 5 and first.image.is_file() and first.location == "images/000000000790.jpg"
-    assert CaptionSource(real_data / "coco_captions" / "captions.jsonl").root == real_data / "coco_captions"
+    assert CaptionSource(coco_captions / "captions.jsonl").root == coco_captions
     for bad, message in [
         (tmp_path / "absent", "not found"),
         (f"{folder}/{{00000..00004}}.tar", "2 of 5 shards not found"),

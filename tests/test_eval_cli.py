@@ -284,16 +284,22 @@ def test_label_values_outside_the_benchmark_are_named(real_data, tmp_path, capsy
 def test_training_free_methods_under_two_protocols_print_one_table(real_data, tmp_path, capsys):
     names = ["sky, wall, floor", *(f"{n}, people" if n == "person" else n for n in BENCHMARKS["voc"].class_names()[1:])]
     (tmp_path / "voc.txt").write_text("\n".join(names) + "\n")
-    code, out, _ = run_eval(capsys, "--benchmark", "voc", "--root", str(real_data), *TINY, "--limit", "1",
-                            "--method", "maskclip,sclip,clearclip,naclip", "--protocol", "slide,synseg",
-                            "--class-names", f"voc={tmp_path / 'voc.txt'}", "--json", str(tmp_path / "r.json"))
-    assert code == 0
+    reports = {}
+    for run, class_names in (("named", ["--class-names", f"voc={tmp_path / 'voc.txt'}"]), ("again", ["--class-names",
+                             f"voc={tmp_path / 'voc.txt'}"]), ("plain", [])):
+        torch.manual_seed(0)  # the same random backbone in every run: only the class names differ
+        code, out, _ = run_eval(capsys, "--benchmark", "voc", "--root", str(real_data), *TINY, "--limit", "1",
+                                "--method", "maskclip,sclip,clearclip,naclip", "--protocol", "slide,synseg",
+                                *class_names, "--json", str(tmp_path / f"{run}.json"))
+        assert code == 0
+        reports[run] = [list(r["per_class_iou"].values()) for r in json.loads((tmp_path / f"{run}.json").read_text())["results"]]
+    assert reports["named"] == reports["again"] and reports["named"] != reports["plain"]  # the file had an effect
     lines = out.splitlines()
     assert lines[0] == "| Method | Protocol | VOC | Avg. |" and len(lines) == 10
     rows = [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in lines[2:]]
     assert rows == [(m, p) for m in ("MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP")
                     for p in ("slide (336/224/112)", "synseg")]
-    report = json.loads((tmp_path / "r.json").read_text())
+    report = json.loads((tmp_path / "named.json").read_text())
     assert report["settings"]["protocols"] == ["slide (336/224/112)", "synseg"]
     for result in report["results"]:
         assert result["images"] == 1 and len(result["per_class_iou"]) == 21 and 0 <= result["miou"] <= 100

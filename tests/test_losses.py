@@ -168,12 +168,18 @@ def test_softmax_alignment_is_cross_entropy_over_the_batchs_phrases_without_syno
     torch.testing.assert_close(terms["intra_align"], (image0 + image1) / 2)
 
 
-def test_present_term_takes_a_share_of_the_tokens():
-    """The mean of each map's strongest share of tokens (at least one) is pushed towards 1."""
-    maps = torch.tensor([[0.9, 0.8, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]])
-    top2 = torch.tensor(0.85)
-    torch.testing.assert_close(present_loss(maps, 0.25), -torch.log(top2))
-    torch.testing.assert_close(present_loss(maps, 0.01), -torch.log(torch.tensor(0.9)))  # one token at least
+def test_present_term_is_the_cross_entropy_of_the_strongest_tokens_mean_towards_one():
+    """Two named pairs of 5 tokens, a share of 0.4 of them (the 2 strongest) counted: mean(-log((0.9 + 0.7) / 2), -log((0.2 + 0.1) / 2))."""
+    named = torch.tensor([[0.1, 0.9, 0.7, 0.3, 0.0], [0.05, 0.2, 0.1, 0.0, 0.0]])
+    config = LossConfig(present_boost=0.5, present_share=0.4)
+    text = torch.stack([unit(1, 0), unit(0, 1)])
+    terms = mccl_loss(text, text, text, torch.tensor([0, 1]), config, named_activations=named)
+    expected = (-math.log(0.8) - math.log(0.15)) / 2
+    assert terms["present_boost"].item() == pytest.approx(expected, rel=1e-6)
+    without = mccl_loss(text, text, text, torch.tensor([0, 1]), LossConfig(present_share=0.4), named_activations=named)
+    assert terms["total"].item() == pytest.approx(without["total"].item() + 0.5 * expected, rel=1e-6)
+    assert "present_boost" not in without
+    assert present_loss(named[:1], 0.01).item() == pytest.approx(-math.log(0.9), rel=1e-6)  # one token at least
 
 
 def test_caption_readout_targets_the_best_matching_named_phrase_per_pixel():

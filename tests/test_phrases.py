@@ -22,7 +22,7 @@ from synseg.errors import UserError
 
 @pytest.fixture(scope="module")
 def nlp():
-    pytest.importorskip("spacy")
+    pytest.importorskip("spacy", reason="phrases need spaCy: pip install 'synseg[train]'")
     try:
         return load_spacy()
     except UserError as error:
@@ -129,12 +129,12 @@ def test_shipped_list_is_extended_or_replaced_by_user_files(nlp, tmp_path):
     assert [p.text for p in PhraseExtractor(PhraseConfig(exclude_files=(str(extra),)), nlp=nlp)(caption)] == ["stairs"]
     only_user = PhraseConfig(exclude_files=(str(extra),), default_exclusions=False)
     assert [p.text for p in PhraseExtractor(only_user, nlp=nlp)(caption)] == ["top", "stairs"]
-    with pytest.raises(UserError, match="cannot read exclusion list"):
+    with pytest.raises(UserError, match="exclusion list not found"):
         Exclusions.load([tmp_path / "absent.txt"])
 
 
 def test_missing_spacy_model_is_one_line():
-    pytest.importorskip("spacy")
+    pytest.importorskip("spacy", reason="phrases need spaCy: pip install 'synseg[train]'")
     with pytest.raises(UserError, match=r"pip install no_such_model \(or python -m spacy download no_such_model\)"):
         load_spacy("no_such_model")
 
@@ -146,7 +146,7 @@ def _jpeg(color=(200, 30, 30)) -> bytes:
 
 
 def test_command_on_tar_shards_reports_what_it_dropped(nlp, tmp_path, capsys):
-    wds = pytest.importorskip("webdataset")
+    wds = pytest.importorskip("webdataset", reason="tar shards need webdataset: pip install 'synseg[train]'")
     shard = tmp_path / "00000.tar"
     with wds.TarWriter(str(shard)) as sink:
         sink.write({"__key__": "000", "jpg": _jpeg(), "txt": "A woman stands in the dining area at the table."})
@@ -174,9 +174,9 @@ def test_command_on_tar_shards_reports_what_it_dropped(nlp, tmp_path, capsys):
         assert reason in report
 
 
-def test_command_on_the_coco_captions_folder(nlp, real_data, tmp_path, capsys):
+def test_command_on_the_coco_captions_folder(nlp, coco_captions, tmp_path, capsys):
     out = tmp_path / "phrases.jsonl"
-    assert main(["phrases", str(real_data / "coco_captions"), "--out", str(out)]) == 0
+    assert main(["phrases", str(coco_captions), "--out", str(out)]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 80
     first = lines[0]

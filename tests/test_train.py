@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,17 @@ TINY_CONFIG = {
 
 @pytest.fixture(scope="module")
 def captions(tmp_path_factory) -> tuple[Path, Path]:
-    """The real COCO captions sample and its phrases (spaCy run once for the module)."""
-    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "coco_captions"
-    if not folder.is_dir():
-        pytest.skip("../shared not present: real-data fixtures are only in the dev checkout")
-    phrases = tmp_path_factory.mktemp("phrases") / "phrases.jsonl"
-    subprocess.run([sys.executable, "-m", "synseg.cli", "phrases", str(folder), "--out", str(phrases)], check=True, capture_output=True)
+    """32 captioned scenes of the synthetic world (generated: in every clone) and their phrases, mined by
+    `synseg phrases` (spaCy) once for the module."""
+    from synseg.synthetic.world import write_split
+
+    root = tmp_path_factory.mktemp("world")
+    folder, phrases = write_split(root / "train", 32, seed=0), root / "phrases.jsonl"
+    mined = subprocess.run([sys.executable, "-m", "synseg.cli", "phrases", str(folder), "--out", str(phrases)],
+                           capture_output=True, text=True)
+    if mined.returncode == 2 and "spaCy" in mined.stderr:
+        pytest.skip(mined.stderr.strip().splitlines()[-1])  # names the pip command that installs it
+    assert mined.returncode == 0, mined.stderr
     return folder, phrases
 
 
@@ -58,8 +62,8 @@ def test_loss_falls_and_segment_loads_the_result(captions, tmp_path):
     assert last < 0.8 * first, (first, last)
     card = (out / "final" / "README.md").read_text()
     assert "library_name: synseg" in card and "`synseg-tiny`" in card and f"`{data}`: 24 iterations" in card
-    image = sorted((data / "images").glob("*.jpg"))[0]
-    result = subprocess.run([sys.executable, "-m", "synseg.cli", "segment", str(image), "--labels", "person, table",
+    image = sorted((data / "JPEGImages").glob("*.png"))[0]
+    result = subprocess.run([sys.executable, "-m", "synseg.cli", "segment", str(image), "--labels", "grass, water",
                              "--checkpoint", str(out / "final"), "--out", str(tmp_path / "masks"), "--views", "1"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -79,23 +83,49 @@ def test_recipes_lie_under_a_config_file() -> None:
         recipe_config("magic")
 
 
-def one_thread() -> dict[str, str]:
-    """The environment of every run a resume test compares: a matmul's rounding depends on how many threads split it."""
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
+def default_threads() -> dict[str, str]:
+    """The environment of every run a resume test compares: PyTorch's own thread count (the machine's cores)."""
+    return {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
-def kill_when_logged(command: list[str], run: Path, steps: int) -> None:
-    """Start a run in a process group of its own and SIGKILL the whole group (launcher, ranks and their data loader
-    workers) once it has logged `steps` steps past a checkpoint."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=one_thread(),
+KILLED_AT = 5  # steps done when the run is killed: the last checkpoint holds step 4, the log steps 1..5
+KILL_AT_STEP = f"""
+import os, signal, sys
+import torch.distributed as dist
+from synseg.cli import main
+from synseg.train.trainer import Trainer
+
+loss = Trainer.loss
+
+def loss_or_die(self, *args):
+    if self.step == {KILLED_AT}:
+        groups = [os.getpgid(0)]  # this rank and its loader workers
+        if self.dist.world > 1:  # torchrun starts each rank in a session of its own
+            groups = [None] * self.dist.world
+            dist.all_gather_object(groups, os.getpgid(0))
+            groups.append(os.getpgid(os.getppid()))  # the launcher
+        if self.dist.main:
+            for group in sorted(set(groups), key=lambda group: group == os.getpgid(0)):  # its own group last
+                os.killpg(group, signal.SIGKILL)
+    return loss(self, *args)
+
+Trainer.loss = loss_or_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def kill_at_step(command: list[str], run: Path, tmp_path: Path) -> None:
+    """Run `synseg train` (command: its arguments after `train`, behind `python` or a torchrun launcher given as
+    `command`'s head), which rank 0 SIGKILLs whole (the launcher, every rank and their loader workers, each rank's
+    process group) as step KILLED_AT + 1 begins: a fixed stop point, with no polling and no race against the run's end."""
+    script = tmp_path / "kill_at_step.py"
+    script.write_text(KILL_AT_STEP)
+    process = subprocess.Popen([*command[: command.index("train")], str(script), *command[command.index("train"):]],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=default_threads(),
                                start_new_session=True)
-    deadline = time.time() + 300
-    while not (run / "last" / "train_state.pt").exists() or _logged_steps(run) < steps:
-        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (run / "final").exists()
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == -signal.SIGKILL, err
+    assert not (run / "final").exists() and _logged_steps(run) == KILLED_AT, err
 
 
 def assert_same_final_weights(a: Path, b: Path) -> None:
@@ -111,14 +141,14 @@ def test_killed_run_resumes_to_the_same_weights(captions, tmp_path):
     data, phrases = captions
     config = config_file(tmp_path, iterations=10, checkpoint_every=2, workers=1)
     straight = tmp_path / "straight"
-    subprocess.run(train_command(data, phrases, straight, config), check=True, capture_output=True, env=one_thread())
+    subprocess.run(train_command(data, phrases, straight, config), check=True, capture_output=True, env=default_threads())
 
     killed = tmp_path / "killed"
-    kill_when_logged(train_command(data, phrases, killed, config), killed, 5)
+    kill_at_step([sys.executable, *train_command(data, phrases, killed, config)[3:]], killed, tmp_path)
     again = subprocess.run(train_command(data, phrases, killed, config), capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr  # never silently restarts over a run
     resume = train_command(data, phrases, killed, config, "--resume")
-    subprocess.run(resume, check=True, capture_output=True, env=one_thread())
+    subprocess.run(resume, check=True, capture_output=True, env=default_threads())
 
     assert_same_final_weights(straight, killed)
     steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
@@ -130,15 +160,16 @@ def test_two_killed_gloo_ranks_resume_to_the_same_weights(captions, tmp_path):
     data, phrases = captions
     config = config_file(tmp_path, iterations=8, checkpoint_every=2, workers=1)
 
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
     def torchrun(out: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-                "synseg.train", *train_command(data, phrases, out, config, "--device", "cpu", *extra)[4:]]
+        return [*launcher, "-m", "synseg.train", *train_command(data, phrases, out, config, "--device", "cpu", *extra)[4:]]
 
     straight = tmp_path / "straight"
-    subprocess.run(torchrun(straight), check=True, capture_output=True, env=one_thread())
+    subprocess.run(torchrun(straight), check=True, capture_output=True, env=default_threads())
     killed = tmp_path / "killed"
-    kill_when_logged(torchrun(killed), killed, 3)
-    subprocess.run(torchrun(killed, "--resume"), check=True, capture_output=True, env=one_thread())
+    kill_at_step([*launcher, *train_command(data, phrases, killed, config, "--device", "cpu")[3:]], killed, tmp_path)
+    subprocess.run(torchrun(killed, "--resume"), check=True, capture_output=True, env=default_threads())
     assert_same_final_weights(straight, killed)
 
 
@@ -210,6 +241,13 @@ def test_cache_gives_the_first_step_loss_of_training_from_images(captions, tmp_p
     assert trainer.cache.hits == config.batch_size and trainer.cache.misses == 0
     assert losses["cache, cold"] == losses["cache, warm"]
     assert losses["cache, warm"] == pytest.approx(losses["images"], rel=2e-3)  # fp16 storage
+    damaged = trainer.cache.path(batch.keys[0])
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a copy cut short: read as absent, computed and written again
+    trainer = Trainer(config, str(data), str(phrases), tmp_path / "damaged", torch.device("cpu"), cache=tmp_path / "cache")
+    torch.manual_seed(0)
+    assert trainer.loss(batch.images, batch.phrases, batch.keys)["total"].item() == losses["cache, cold"]
+    assert (trainer.cache.hits, trainer.cache.misses) == (config.batch_size - 1, 1)
+    assert load_file(str(damaged)).keys() == {f"block{layer}" for layer in trainer.cache.layers}
 
 
 def test_absent_suppression_adds_its_term_and_leaves_the_named_terms_alone(captions, tmp_path):
@@ -231,3 +269,31 @@ def test_absent_suppression_adds_its_term_and_leaves_the_named_terms_alone(capti
     for name in ("intra_align", "intra_separate", "inter_background", "inter_foreground"):
         assert terms[0.5][name] == pytest.approx(terms[0.0][name], rel=1e-4)
     assert terms[0.5]["total"] == pytest.approx(terms[0.0]["total"] + 0.5 * terms[0.5]["absent_suppress"], rel=1e-4)
+
+
+def test_losses_and_overrides_change_only_what_they_name(tmp_path):
+    from synseg.cli import build_parser
+    from synseg.commands.train import load_train_config
+    from synseg.errors import UserError
+
+    config = config_file(tmp_path, iterations=9)
+
+    def loaded(*extra: str):
+        argv = ["train", "--data", "d", "--phrases", "p", "--out", "o", "--config", str(config), *extra]
+        return load_train_config(build_parser(argv).parse_args(argv))
+
+    base = loaded()
+    ablated = loaded("--losses", "L1, inter_background", "--iterations", "3", "--batch-size", "4", "--lr", "0.5",
+                     "--workers", "2", "--pretrained", "none", "--backbone", "ViT-B-32")
+    weights = {name: getattr(ablated.loss, name) for name in ("intra_align", "intra_separate", "inter_background",
+                                                              "inter_foreground")}
+    assert weights == {"intra_align": base.loss.intra_align, "intra_separate": 0.0,
+                       "inter_background": base.loss.inter_background, "inter_foreground": 0.0}
+    assert (ablated.iterations, ablated.batch_size, ablated.lr, ablated.workers) == (3, 4, 0.5, 2)
+    assert ablated.model.backbone.name == "ViT-B-32" and ablated.model.backbone.pretrained is None
+    assert (base.iterations, base.batch_size, base.lr) == (9, TINY_CONFIG["batch_size"], TINY_CONFIG["lr"])
+    unchanged = {k: v for k, v in vars(ablated).items() if k not in ("loss", "model", "iterations", "batch_size", "lr", "workers")}
+    assert unchanged == {k: v for k, v in vars(base).items() if k in unchanged}
+    with pytest.raises(UserError, match="unknown loss term 'L5'"):
+        loaded("--losses", "L5")
+

@@ -9,7 +9,7 @@ from synseg.checkpoint import save_model
 from synseg.cli import main
 from synseg.viz import blend, shown_classes, threshold_label_maps
 
-pytest.importorskip("matplotlib")
+pytest.importorskip("matplotlib", reason="figures need matplotlib: pip install 'synseg[viz]'")
 
 
 @pytest.fixture(scope="module")

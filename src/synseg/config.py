@@ -110,17 +110,31 @@ def merged(base: dict, overrides: dict) -> dict:
 
 
 def write_json(data: dict, path: str | Path) -> None:
+    """Readable UTF-8 JSON; ASCII escapes only where a text cannot be UTF-8 (a file name with undecodable bytes)."""
     from synseg.io import atomic_path
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def read_json(path: str | Path) -> dict:
-    path = Path(path)
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        encoded = (json.dumps(data, indent=2) + "\n").encode("ascii")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encoded)
+
+
+def read_json(path: str | Path, what: str = "file") -> dict:
+    """A JSON file whose top level must be an object (every config and layout file synseg reads), or a one-line
+    error: missing, not text, not JSON, or a list or number where the object belongs."""
+    from synseg.io import read_text
+
+    try:
+        data = json.loads(read_text(path, what))
+    except json.JSONDecodeError as error:
         raise UserError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected an object {{...}} at the top level, got {_json_kind(data)}")
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "a list", str: "a string", bool: "true or false", type(None): "null"}.get(type(value), "a number")

@@ -1,13 +1,14 @@
 """Reading images of any mode, and writing files atomically so a killed run never leaves a half-written one."""
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import IO, TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -93,12 +94,14 @@ def image_tensor(image: Image.Image, device: torch.device | str | None = None) -
 
 
 def check_image(path: str | os.PathLike) -> Path:
-    """Fail early, in one line, on a missing, non-image or oversized file (reads the header only)."""
+    """Fail early, in one line, on a missing, non-image, oversized (by its header, before decoding) or damaged file:
+    decoded once and dropped, so that a command that checks its inputs first never stops halfway through them with
+    the outputs of some written and not of the rest."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
-    with open_image(path):
-        pass
+    with open_image(path) as image:
+        image.load()
     return path
 
 
@@ -112,21 +115,77 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         return to_rgb(image)
 
 
+BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+                    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def announced_codec(head: bytes) -> str:
+    """The codec whose byte-order mark `head` starts with; UTF-8 where there is none."""
+    return next((codec for mark, codec in BYTE_ORDER_MARKS if head.startswith(mark)), "utf-8")
+
+
+def decode_text(data: bytes, name: str | os.PathLike, errors: str = "strict") -> str:
+    """Text in UTF-8, or in the UTF-8/16/32 that a byte-order mark announces; the mark itself is never part of the
+    text (Windows editors write one). Anything else is a one-line error naming the line, unless `errors` replaces."""
+    codec = announced_codec(data)
+    try:
+        return data.decode(codec, errors=errors)
+    except UnicodeDecodeError as error:
+        line = data[: error.start].decode(codec, errors="replace").count("\n") + 1
+        raise UserError(f"{name} is not {codec.removesuffix('-sig').upper()} text (line {line}): save it as "
+                        f"UTF-8") from None
+
+
+def read_bytes(path: str | os.PathLike, what: str = "file", size: int = -1) -> bytes:
+    """An input file (its first `size` bytes if given), with one-line errors for a missing file, a folder, or no
+    permission."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            return file.read(size)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a folder; name a file") from None
+    except OSError as error:
+        raise UserError(f"cannot read {what} {path}: {error.strerror or error}") from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A text input file (`decode_text`), or a one-line error."""
+    return decode_text(read_bytes(path, what), path)
+
+
+def open_lines(path: str | os.PathLike, what: str = "file") -> IO[bytes]:
+    """A line-by-line (jsonl) input opened in binary, past a UTF-8 byte-order mark; the readers keep byte offsets,
+    so a UTF-16 or UTF-32 file is a one-line error instead of lines that all fail to parse."""
+    codec = announced_codec(read_bytes(path, what, size=4))
+    if codec not in ("utf-8", "utf-8-sig"):
+        raise UserError(f"{path} is {codec.upper()} text: save it as UTF-8, one JSON object per line")
+    lines = open(path, "rb")
+    lines.seek(len(codecs.BOM_UTF8) if codec == "utf-8-sig" else 0)
+    return lines
+
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block finishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Yield a temporary path beside `path`; it replaces `path` only if the block finishes. A path that cannot take
+    a file (a folder is there, its folder cannot be made) is a one-line error, whichever command writes it."""
+    path = ensure_writable_file(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.fsdecode(os.fsencode(path.name)[:100])}.", suffix=".tmp",
+                               dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make every output private to its writer
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as error:  # the path changed kind since the check
+            raise UserError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -136,8 +195,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty folder beside `target` to fill; if the block finishes, it replaces `target` whole, so at every
     instant either the old or the new folder is complete. Modes follow the umask, not mkdtemp's private 0700."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = ensure_folder_target(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     old = target.with_name(f".{target.name}.old")
     try:
@@ -155,13 +213,36 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
 
 
 def ensure_writable_file(path: str | os.PathLike) -> Path:
-    """Check, before the work that produces it, that an output file can be written: not a folder, and in a folder
-    that exists (or can be made) and is writable."""
+    """Check, before the work that produces it, that an output file can be written: nothing but a regular file (or
+    a link to one) in its place, in a folder that exists (or can be made) and is writable."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a folder; name a file")
-    ensure_writable_dir(path.resolve().parent)
+    if path.exists() and not path.is_file():
+        raise UserError(f"cannot write {path}: something other than a file is there")
+    ensure_writable_dir(path.parent)
     return path
+
+
+def ensure_writable_files(paths: Iterable[str | os.PathLike]) -> None:
+    """`ensure_writable_file` for every file a command will write, before the first: a bad one would otherwise stop
+    the command halfway, its earlier files written and the rest not."""
+    folders: set[Path] = set()
+    for path in map(Path, paths):
+        if os.path.lexists(path):
+            ensure_writable_file(path)
+        elif path.parent not in folders:
+            ensure_writable_dir(path.parent)
+        folders.add(path.parent)
+
+
+def ensure_folder_target(target: str | os.PathLike) -> Path:
+    """Check that a folder written whole (`staged_dir`) can take the place of `target`: nothing but a folder there."""
+    target = Path(target)
+    if os.path.lexists(target) and not target.is_dir():
+        raise UserError(f"cannot write folder {target}: a file of that name is in the way")
+    ensure_writable_dir(target.parent)
+    return target
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -171,6 +252,6 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".synseg-write-test", delete=True)
         probe.close()
-    except OSError as error:
+    except OSError as error:  # a file where a folder must be, no permission, a full or read-only disk
         raise UserError(f"cannot write to output folder {path}: {error.strerror or error}") from None
     return path

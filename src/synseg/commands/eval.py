@@ -16,7 +16,7 @@ from synseg.errors import UserError
 from synseg.eval.evaluator import (EvalResult, PredictionFolder, evaluate, evaluate_many, markdown_table,
                                    segmenter_predict, split)
 from synseg.eval.methods import parse_methods
-from synseg.io import atomic_path, ensure_writable_file
+from synseg.io import atomic_path, ensure_writable_file, read_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +111,7 @@ def class_name_files(entries: list[str], benchmarks: dict[str, Benchmark]) -> di
         benchmark = benchmarks[name]
         if not path.is_file():
             raise UserError(f"--class-names file not found: {path}")
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in read_text(path, "--class-names file").splitlines() if line.strip()]
         classes = [tuple(n.strip() for n in line.split(",") if n.strip()) for line in lines]
         labels = benchmark.prompt_labels()
         if len(classes) == len(labels):

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from synseg.commands.eval import split_list
     from synseg.data.benchmarks import get_benchmark
     from synseg.data.prepare import PREPARERS, run_tasks
-    from synseg.io import ensure_writable_dir
+    from synseg.io import ensure_writable_dir, ensure_writable_files
 
     preparer = PREPARERS[args.name]()
     splits = split_list(args.split, "split", preparer.official)
@@ -37,9 +37,10 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     out = ensure_writable_dir(args.out)
+    planned = [(split, *preparer.tasks(source, out, split)) for split in splits]
+    ensure_writable_files(target for _, tasks, report in planned for _, target, *_ in [*tasks, *report.lists])
     reports = []
-    for split in splits:
-        tasks, report = preparer.tasks(source, out, split)
+    for split, tasks, report in planned:
         written, skipped = run_tasks(tasks, f"{args.name} {split}", args.workers)
         for function, target, *inputs in report.lists:
             function(target, *inputs)

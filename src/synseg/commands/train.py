@@ -9,7 +9,7 @@ from pathlib import Path
 from synseg.commands.common import resolve_device
 from synseg.config import read_json
 from synseg.errors import UserError
-from synseg.io import ensure_writable_dir
+from synseg.io import ensure_folder_target, ensure_writable_dir, ensure_writable_files
 from synseg.losses import TERMS
 from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig, recipe_config
 
@@ -59,13 +59,16 @@ def load_train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synseg.train.trainer import LAST, Trainer
+    from synseg.train.trainer import FINAL, LAST, Trainer
 
     config = load_train_config(args)
     out = Path(args.out)
     if (out / LAST).exists() and not args.resume:
         raise UserError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     ensure_writable_dir(out)  # before any slow work: an unwritable --out would otherwise fail at the first checkpoint
+    ensure_writable_files([out / "config.json", out / "log.jsonl"])
+    for folder in (LAST, FINAL):
+        ensure_folder_target(out / folder)
     if args.cache:
         ensure_writable_dir(args.cache)
     trainer = Trainer(config, args.data, args.phrases, out, resolve_device(args.device), cache=args.cache)

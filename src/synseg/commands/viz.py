@@ -11,7 +11,7 @@ from tqdm import tqdm
 from synseg.commands.common import add_method_arguments, add_model_arguments, build_predictors, protocols_from
 from synseg.errors import UserError
 from synseg.eval.methods import parse_methods
-from synseg.io import check_image, ensure_writable_file, load_image
+from synseg.io import ensure_writable_file, load_image
 from synseg.predictor import Segmenter, parse_labels
 
 
@@ -80,7 +80,7 @@ def run_fig3(args: argparse.Namespace):
         raise UserError(f"--thresholds must be comma-separated numbers, got '{args.thresholds}'") from None
     for value in thresholds:
         _fraction(value, "--thresholds")
-    image = load_image(check_image(args.image))
+    image = load_image(args.image)
     segmenter, protocol = _segmenter(args)
     activations = segmenter.activations(image, labels, protocol=protocol).cpu().numpy()
     return fig3_figure(image, activations[labels.index(label)], label, threshold_label_maps(activations, thresholds),
@@ -92,7 +92,7 @@ def run_overlay(args: argparse.Namespace):
 
     labels = parse_labels(args.labels)
     _fraction(args.threshold, "--threshold")
-    image = load_image(check_image(args.image))
+    image = load_image(args.image)
     segmenter, protocol = _segmenter(args)
     result = segmenter.segment(image, labels, threshold=args.threshold, background=args.background, protocol=protocol)
     names = (["background"] if args.background else []) + labels

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 from PIL import Image
 
 from synseg.errors import UserError
-from synseg.io import open_image, to_rgb
+from synseg.io import decode_text, open_image, open_lines, to_rgb
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -131,7 +131,7 @@ class CaptionSource:
         """Number of records, where it is cheap to know (jsonl lines), for progress bars."""
         if not self.jsonl:
             return None
-        with open(self.jsonl, "rb") as lines:
+        with open_lines(self.jsonl, "captions file") as lines:
             return sum(1 for line in lines if line.strip())
 
     def records(self) -> Iterator[CaptionRecord]:
@@ -157,12 +157,12 @@ class CaptionSource:
             yield CaptionRecord(sample["__key__"], _tar_captions(sample), image, name)
 
     def _jsonl_records(self) -> Iterator[CaptionRecord]:
-        with open(self.jsonl, encoding="utf-8", errors="replace") as lines:
+        with open_lines(self.jsonl, "captions file") as lines:
             for line in lines:
                 if not line.strip():
                     continue
                 try:
-                    item = json.loads(line)
+                    item = json.loads(line.decode("utf-8", errors="replace"))
                 except json.JSONDecodeError:
                     item = None
                 if not isinstance(item, dict) or not isinstance(item.get("image"), str):
@@ -179,10 +179,10 @@ def _tar_captions(sample: dict) -> list[str]:
     """img2dataset writes the caption to KEY.txt and also into KEY.json; read the json only when txt is missing."""
     text = sample.get("txt")
     if text:
-        text = text.decode("utf-8", errors="replace").strip()
+        text = decode_text(text, sample["__key__"], errors="replace")
     elif sample.get("json"):
         try:
-            text = json.loads(sample["json"]).get("caption")
+            text = json.loads(decode_text(sample["json"], sample["__key__"], errors="replace")).get("caption")
         except (ValueError, AttributeError):
             text = None
     return [text.strip()] if isinstance(text, str) and text.strip() else []

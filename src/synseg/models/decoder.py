@@ -55,13 +55,16 @@ class SegDecoder(nn.Module):
         return [linear(tokens, reduce.weight, reduce.bias) for reduce, tokens in zip(self.reduces, layer_tokens)]
 
     def forward(self, reduced: list[torch.Tensor], image_index: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
-        """Tokens [N, T, D] for N pairs; deepest layer first; text None skips FiLM (unconditioned features)."""
-        a = reduced[-1][image_index]
+        """Tokens [N, T, D] for N pairs; deepest layer first; text None skips FiLM (unconditioned features). Each
+        image's tokens reach its pairs by index_select, whose backward (index_add_) sums a repeated image's gradients
+        in a fixed order; indexing's (index_put_ with accumulate) adds them by atomics across CPU threads, in
+        whatever order the threads arrive, and made training differ run to run (docs/training.md)."""
+        a = reduced[-1].index_select(0, image_index)
         if text is not None:
             a = self.film(a, text)
         for depth, block in enumerate(self.blocks):
             if depth:
-                a = a + reduced[-1 - depth][image_index]
+                a = a + reduced[-1 - depth].index_select(0, image_index)
             # without autograd, our own layer: oneDNN on CPU, and unlike nn's fused fast path it works under autocast
             a = block(a) if self.training or torch.is_grad_enabled() else post_norm_layer(block, a)
         return a

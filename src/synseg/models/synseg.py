@@ -133,7 +133,7 @@ class SynSeg(nn.Module):
         if self.config.pool_source == "backbone":
             features = layer_tokens[-1][:, 1:][pooled_index]
         elif self.config.pool_source == "unconditional":
-            features = self.decoder(reduced, torch.arange(len(layer_tokens[0]), device=text.device), None)[:, 1:][pooled_index]
+            features = self.decoder(reduced, torch.arange(len(layer_tokens[0]), device=text.device), None)[:, 1:].index_select(0, pooled_index)
         else:
             features = tokens[:pooled, 1:]
         activations = token_activations(logits[:pooled], self.backbone.patch_size)

@@ -6,11 +6,22 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from synseg.config import read_json
 from synseg.errors import UserError
 from synseg.io import atomic_path
 from synseg.models.backbone import ClipBackbone
+
+
+def readable(path: Path) -> dict[str, torch.Tensor]:
+    """A cache file's tensors; none for a file that is absent or damaged (by a full disk, a copy cut short): what a
+    cache lacks is computed again and the file rewritten."""
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError):
+        return {}
 
 
 class FeatureCache:
@@ -24,7 +35,7 @@ class FeatureCache:
                 "image_size": backbone.image_size}
         meta_path = self.root / "meta.json"
         if meta_path.exists():
-            found = json.loads(meta_path.read_text())
+            found = read_json(meta_path, "feature cache's meta.json")
             if found != meta:
                 raise UserError(f"feature cache {self.root} holds features of {found}, not of {meta}; use another --cache")
         else:
@@ -35,7 +46,7 @@ class FeatureCache:
         self.hits = self.misses = 0
         self.templates = tuple(templates)
         self.text_path = self.root / f"text-{hashlib.sha1(repr(self.templates).encode()).hexdigest()[:12]}.safetensors"
-        self.text = {k: v.float() for k, v in load_file(str(self.text_path)).items()} if self.text_path.exists() else {}
+        self.text = {k: v.float() for k, v in readable(self.text_path).items()}
         self.text_dirty = False
 
     def embed_phrases(self, phrases: list[str]) -> torch.Tensor:
@@ -54,14 +65,14 @@ class FeatureCache:
             self.text_dirty = False
 
     def path(self, key: str) -> Path:
-        digest = hashlib.sha1(key.encode()).hexdigest()
+        digest = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()
         return self.root / digest[:2] / f"{digest}.safetensors"
 
     def encode(self, pixels: torch.Tensor, keys: list[str]) -> list[torch.Tensor]:
         """Tokens of `layers` for a batch: read where cached, else computed by the backbone and stored."""
         names = [f"block{layer}" for layer in self.layers]
         found = [self.path(k) for k in keys]
-        stored = [load_file(str(path)) if path.exists() else {} for path in found]
+        stored = [readable(path) for path in found]
         todo = [i for i, held in enumerate(stored) if not all(name in held for name in names)]
         if todo:
             fresh = self.backbone.encode_image(pixels[todo], self.layers)

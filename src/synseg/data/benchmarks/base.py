@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from synseg.errors import UserError
+from synseg.io import read_text
 
 IGNORE_INDEX = 255
 INDEX_MODES = ("L", "P", "I", "I;16", "I;16L", "I;16B")
@@ -35,16 +36,6 @@ def read_index_png(path: Path, what: str = "label") -> np.ndarray:
         raise UserError(f"{what} not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise UserError(f"not a readable {what}: {path} ({error.__class__.__name__})") from None
-
-
-def read_text(path: Path) -> str:
-    """A layout's list file as UTF-8 text, or a one-line error."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path} is not UTF-8 text (byte {error.start})") from None
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def reduce_zero_label(raw: np.ndarray) -> np.ndarray:

@@ -7,7 +7,8 @@ benchmark with a background class (decided by the method's threshold). Images ma
 """
 from __future__ import annotations
 
-from synseg.data.benchmarks.base import IGNORE_INDEX, LayoutProblems, ListedSplit, Sample, pair_from_list, read_text
+from synseg.data.benchmarks.base import IGNORE_INDEX, LayoutProblems, ListedSplit, Sample, pair_from_list
+from synseg.io import read_text
 
 
 class Folder(ListedSplit):

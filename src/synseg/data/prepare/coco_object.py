@@ -6,7 +6,6 @@ instance drawn largest first so smaller ones stay on top (crowd regions included
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from synseg.data.prepare.base import SplitReport, Task, find_dir, save_png
 from synseg.data.prepare.coco_stuff import THING_IDS, COCOStuff, stuff_maps
+from synseg.config import read_json
 from synseg.errors import UserError
 
 OBJECT_TABLE = np.zeros(256, dtype=np.uint8)
@@ -60,7 +60,7 @@ class COCOObject(COCOStuff):
             from pycocotools import mask  # noqa: F401  # fail before the long work
         except ImportError:
             raise UserError("converting instances needs pycocotools: pip install 'synseg[prepare]'") from None
-        data = json.loads(path.read_text())
+        data = read_json(path)
         by_image: dict[str, list[dict]] = {}
         shapes = {}
         for image in data["images"]:

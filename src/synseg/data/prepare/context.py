@@ -8,12 +8,12 @@ the JSON is decoded here directly: each image's segments, in file order, painted
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from synseg.data.prepare.base import Preparer, SplitReport, Task, find_dir, link, save_png, unpaired, write_lines
+from synseg.config import read_json
 from synseg.errors import UserError
 
 # Pascal in Detail category ids of the 59 classes, in the classes' order (alphabetical, as the ids are).
@@ -48,8 +48,7 @@ class Context(Preparer):
         except ImportError:
             raise UserError("decoding Pascal Context's masks needs pycocotools: pip install 'synseg[prepare]'") from None
         jpegs = find_dir(source, "VOCdevkit/VOC2010/JPEGImages", "VOC2010 images", HINT)
-        data = json.loads(find_dir(source, "trainval_merged.json", "Pascal Context annotations", HINT,
-                                   Path.is_file).read_text())
+        data = read_json(find_dir(source, "trainval_merged.json", "Pascal Context annotations", HINT, Path.is_file))
         images = {image["image_id"]: image for image in data["images"] if image["phase"] == split}
         segments: dict[int, list] = {image_id: [] for image_id in images}
         for segment in data["annos_segmentation"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from synseg.data.prepare.base import Preparer, SplitReport, Task, find_dir, link, unpaired, write_lines
+from synseg.io import read_text
 
 
 class VOC(Preparer):
@@ -17,7 +18,7 @@ class VOC(Preparer):
         listed = devkit / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not listed.is_file():
             return [], SplitReport(split, 0, self.official[split], [str(listed)])
-        stems = [line.strip() for line in listed.read_text().splitlines() if line.strip()]
+        stems = [line.strip() for line in read_text(listed).splitlines() if line.strip()]
         images = {s for s in stems if (devkit / "JPEGImages" / f"{s}.jpg").is_file()}
         labels = {s for s in stems if (devkit / "SegmentationClass" / f"{s}.png").is_file()}
         target = out / "VOCdevkit" / "VOC2012"
