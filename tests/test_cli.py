@@ -118,14 +118,19 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_demo_scores_the_shipped_model_above_chance_and_draws_it(tmp_path):
-    """The README's first command: the shipped world checkpoint segments new scenes, offline, in seconds."""
+def test_demo_scores_the_shipped_model_and_every_training_free_method_and_draws_it(tmp_path):
+    """The README's first command: the shipped world checkpoint segments new scenes, offline, beside every training-free
+    method on the same CLIP. A broken shipped model (or one no better than MaskCLIP) fails on seen things."""
+    from synseg.eval.methods import TRAINING_FREE
+
     assert main(["demo", "--out", str(tmp_path), "--scenes", "12", "--show", "2"]) == 0
     scores = json.loads((tmp_path / "scores.json").read_text())
-    synseg_stuff, chance_stuff = scores["SynSeg"]["stuff"], scores["Chance (uniform random labels)"]["stuff"]
-    assert synseg_stuff > chance_stuff + 30, scores
+    assert {f"{cls.title} (training-free, same CLIP)" for cls, _ in TRAINING_FREE.values()} < set(scores)
+    synseg, maskclip = scores["SynSeg"], scores["MaskCLIP (training-free, same CLIP)"]
+    assert synseg["seen"] > maskclip["seen"] + 10 and synseg["stuff"] > maskclip["stuff"] + 10, scores
+    assert synseg["things"] > scores["Chance (uniform random labels)"]["things"] + 15, scores
     with Image.open(tmp_path / "demo.png") as figure:
-        assert figure.width > 900 and figure.height > 400  # two rows of image | truth | SynSeg | MaskCLIP + legend
+        assert figure.width > 900 and figure.height > 400  # two rows of image | truth | SynSeg | a baseline + legend
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
