@@ -224,3 +224,20 @@ def test_an_untrained_model_with_the_readout_prior_is_the_readout(tiny_model):
     with torch.no_grad():
         model.decoder.upsample.bias.fill_(1.0)  # a correction moves the maps off the readout
     assert not torch.allclose(Segmenter(model).activations(image, labels, views=1), readout, atol=1e-2)
+
+
+def test_the_grouped_readout_prior_trains_and_returns_the_plain_readouts_cosines():
+    """prior "grouped-readout": its mixing weight gets a gradient through the prior, and the cosines handed to the loss
+    (the pseudo-masks' source) are the plain readout's, not the learned grouping's."""
+    torch.manual_seed(5)
+    model = build_synseg(SynSegConfig(backbone=BackboneConfig("synseg-tiny", None), prior="grouped-readout",
+                                      pool_source="attention")).train()
+    pixels = model.backbone.normalize(torch.rand(2, 3, 64, 64))
+    tokens = model.backbone.encode_image(pixels, model.feature_layers)
+    text, image_index = torch.randn(3, model.backbone.embed_dim), torch.tensor([0, 0, 1])
+    out = model(tokens, text, image_index, with_readout=True)
+    out.logits.sum().backward()
+    assert model.grouping.alpha.grad is not None and model.grouping.alpha.grad != 0
+    by_layer = dict(zip(model.feature_layers, tokens))
+    plain = model.readout([by_layer[layer] for layer in model.block_layers])
+    torch.testing.assert_close(out.readout, model.cosines(plain, text, image_index, (64, 64)))

@@ -61,7 +61,7 @@ class SynergyOutput:
     logits: torch.Tensor  # [N, 1, S, S]
     foreground: torch.Tensor  # [P, E] projected fg synergy vectors of the first P pairs
     background: torch.Tensor  # [P, E] projected bg synergy vectors
-    readout: torch.Tensor | None = None  # [N, 1, S, S] the readout's cosines, with prior "readout"
+    readout: torch.Tensor | None = None  # [N, 1, S, S] the plain readout's cosines, with a prior or `with_readout`
 
 
 class SynSeg(nn.Module):
@@ -104,11 +104,11 @@ class SynSeg(nn.Module):
 
     def forward(
         self, layer_tokens: list[torch.Tensor], text: torch.Tensor, image_index: torch.Tensor, pooled: int | None = None,
-        readout: bool = False,
+        with_readout: bool = False,
     ) -> SynergyOutput:
         """Training pass on the tokens of `feature_layers`: activation maps of every pair, plus the FSS fg/bg vectors,
         in CLIP space, of the first `pooled` pairs (default all; pairs the loss only reads maps of need no pooling),
-        and, when `readout` asks for them, the plain readout's cosines of every pair."""
+        and, when `with_readout` asks for them, the plain readout's cosines of every pair."""
         by_layer = dict(zip(self.feature_layers, layer_tokens))
         layer_tokens = [by_layer[layer] for layer in self.backbone.layers]
         block_inputs = [by_layer[layer] for layer in self.block_layers]
@@ -116,7 +116,7 @@ class SynSeg(nn.Module):
         tokens = self.decoder(reduced, image_index, text)
         logits = self.decoder.to_logits(tokens)
         cosine = None
-        if self.config.prior != "none" or readout:
+        if self.config.prior != "none" or with_readout:
             plain = self.readout(block_inputs)
             cosine = self.cosines(plain, text, image_index, logits.shape[-2:])
             if self.config.prior != "none":

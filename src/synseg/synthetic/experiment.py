@@ -274,11 +274,6 @@ def chance_counts(test: Path, seed: int) -> np.ndarray:
     return scene_counts(benchmark, lambda sample, size: rng.integers(0, benchmark.num_classes(), size))
 
 
-def chance_iou(test: Path, seed: int) -> dict:
-    """Per-class IoU of uniformly random labels (`synseg demo`'s chance row)."""
-    return per_class_iou(chance_counts(test, seed).sum(axis=0))
-
-
 def per_class_iou(totals: np.ndarray) -> dict[str, float | None]:
     """{class: IoU %} from summed counts [3, K] (None for a class neither in the ground truth nor predicted)."""
     intersection, truth, predicted = totals

@@ -215,7 +215,8 @@ class Trainer:
             pairs_text, pairs_image = torch.cat([text, text[absent_phrase]]), torch.cat([image_index, absent_image])
         named = len(flat)
         with self.autocast():
-            out = self.net(tokens, pairs_text, pairs_image, named, readout=bool(self.config.loss.caption_readout))
+            out = self.net(tokens, pairs_text, pairs_image, named,
+                           with_readout=bool(self.config.loss.caption_readout))
         patch = self.model.backbone.patch_size
         absent = token_log_inactivity(out.logits[named:], patch)
         present = token_activations(out.logits[:named], patch) if self.config.loss.present_boost else None
