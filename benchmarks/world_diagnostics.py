@@ -14,6 +14,9 @@
         where the per-token CLS readout goes wrong: its mIoU, its mIoU when each scene's argmax is restricted to the
         classes the scene holds, how many instances of each unseen thing the scenes hold, and where its wrongly
         labelled thing pixels go (an absent thing of the same colour, of the same pattern, stuff, ...)
+    python benchmarks/world_diagnostics.py phrases PHRASES_JSONL [--clip FILE]
+        how alike the mined training phrases' texts are (one training template): mean and std of the cosines between
+        distinct phrases, and the absent-phrase gate `text_gate` reads from them at the default quantile
     python benchmarks/world_diagnostics.py sizes WORLD_TEST_DIR [CHECKPOINT ...]
         how many patch tokens each thing covers where it is visible (what `loss.present_share` is set against), and
         per checkpoint how much of each present thing its map covers and how much of that map lies outside the thing
@@ -21,6 +24,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from synseg.checkpoint import load_model
+from synseg.losses import LossConfig, text_gate
+from synseg.train.config import TrainConfig
 from synseg.models import BackboneConfig
 from synseg.models.backbone import ClipBackbone
 from synseg.models.fss import masked_attention_pooling
@@ -36,7 +42,7 @@ from synseg.eval.methods.maskclip import MaskCLIP
 from synseg.synthetic import tiny_clip
 from synseg.eval.methods.readout import CLSReadout
 from synseg.models.synseg import DEFAULT_TEMPLATES
-from synseg.synthetic.experiment import ARCHITECTURE, SHIPPED_CLIP, WorldConfig, group_miou
+from synseg.synthetic.experiment import ARCHITECTURE, SHIPPED_CLIP, WorldConfig, group_miou, scene_totals
 from synseg.synthetic.world import CLASSES, MAX_THINGS, PATTERNS, STUFF, THINGS, UNSEEN_THINGS, make_scene, scene_rng
 
 
@@ -199,13 +205,6 @@ def sizes(test: Path, checkpoints: list[str]) -> None:
               f"{np.mean(outside):.0%} of the map lies outside it")
 
 
-def scene_totals(prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """[3, K] intersection, ground-truth and predicted pixels of each class in one scene."""
-    k = len(CLASSES)
-    return np.stack([np.bincount(label[prediction == label], minlength=k), np.bincount(label.ravel(), minlength=k),
-                     np.bincount(prediction.ravel(), minlength=k)])
-
-
 @torch.no_grad()
 def readout(test: Path, path: Path) -> None:
     backbone = ClipBackbone(BackboneConfig(ARCHITECTURE, str(path)))
@@ -245,6 +244,17 @@ def readout(test: Path, path: Path) -> None:
                                       sorted(errors.items(), key=lambda item: -item[1])))
 
 
+@torch.no_grad()
+def phrases(path: Path, clip_path: Path) -> None:
+    names = sorted({p for line in path.read_text().splitlines() if line.strip() for p in json.loads(line)["phrases"]})
+    backbone = ClipBackbone(BackboneConfig(ARCHITECTURE, str(clip_path)))
+    text = backbone.embed_texts(names, TrainConfig().phrase_templates)
+    cosine = (text @ text.T)[~torch.eye(len(names), dtype=torch.bool)]
+    quantile = LossConfig().absent_text_quantile
+    print(f"{len(names)} distinct phrases; cosine between them: mean {cosine.mean():.2f}, std {cosine.std():.2f}; "
+          f"text_gate at quantile {quantile}: {float(text_gate(text, quantile)):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -259,6 +269,9 @@ def main() -> None:
     confusion = commands.add_parser("readout")
     confusion.add_argument("test", type=Path)
     confusion.add_argument("--clip", type=Path, default=SHIPPED_CLIP)
+    mined = commands.add_parser("phrases")
+    mined.add_argument("path", type=Path)
+    mined.add_argument("--clip", type=Path, default=SHIPPED_CLIP)
     size = commands.add_parser("sizes")
     size.add_argument("test", type=Path)
     size.add_argument("checkpoints", nargs="*")
@@ -267,6 +280,8 @@ def main() -> None:
         clip(args.clip)
     elif args.command == "regions":
         regions(args.clip, args.scenes)
+    elif args.command == "phrases":
+        phrases(args.path, args.clip)
     elif args.command == "readout":
         readout(args.test, args.clip)
     elif args.command == "sizes":

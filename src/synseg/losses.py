@@ -37,7 +37,7 @@ class LossConfig:
     absent_suppress: float = 0.0  # not in the paper: maps of phrases from other captions pushed to 0 (see absent_loss)
     absent_phrases: int = 4  # such phrases decoded per image
     # a phrase is not taken as absent if its text is closer to one of the image's own than this quantile of the cosines
-    # between the batch's distinct phrases (0.975: 0.80 in the world, where 0.8 was the fixed gate; see text_gate)
+    # between the batch's distinct phrases (0.975: 0.81 over the world's phrases, where 0.8 was the fixed gate; see text_gate)
     absent_text_quantile: float = 0.975
     absent_start: int = 0  # iterations of the named terms alone before absent_suppress comes in
     # which phrases: "random" ones, or "hard": those the frozen CLIP's per-token readout finds most of in the image

@@ -26,6 +26,7 @@ from synseg.checkpoint import load_model, save_model
 from synseg.cli import main as synseg
 from synseg.config import from_dict, merged, write_json
 from synseg.data.benchmarks import get_benchmark
+from synseg.data.benchmarks.base import IGNORE_INDEX
 from synseg.errors import UserError
 from synseg.eval.evaluator import segmenter_predict
 from synseg.eval.methods import TRAINING_FREE, build_training_free, parse_method, training_free_methods
@@ -240,11 +241,16 @@ def scene_counts(benchmark, predict) -> np.ndarray:
     counts = []
     for sample in tqdm(benchmark.samples, desc="scoring", unit="scene", file=sys.stderr):
         truth = benchmark.read_label(sample.label_path)
-        matrix = ConfusionMatrix(benchmark.num_classes(), benchmark.ignore_index)
-        matrix.update(predict(sample, truth.shape), truth)
-        counts.append(np.stack([matrix.intersection, matrix.matrix.sum(axis=1),
-                                matrix.matrix[:, : matrix.num_classes].sum(axis=0)]))
+        counts.append(scene_totals(predict(sample, truth.shape), truth, benchmark.num_classes(), benchmark.ignore_index))
     return np.stack(counts)
+
+
+def scene_totals(prediction: np.ndarray, truth: np.ndarray, num_classes: int = len(CLASSES),
+                 ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """[3, K] one scene's intersection, ground-truth and predicted pixels of each class, by the evaluator's matrix."""
+    matrix = ConfusionMatrix(num_classes, ignore_index)
+    matrix.update(prediction, truth)
+    return np.stack([matrix.intersection, matrix.matrix.sum(axis=1), matrix.matrix[:, :num_classes].sum(axis=0)])
 
 
 def evaluate_row(config: WorldConfig, test: Path, out: Path, checkpoint: Path | None = None,
