@@ -33,16 +33,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from synseg.checkpoint import load_model
-from synseg.losses import LossConfig, text_gate
+from synseg.train.losses import LossConfig, text_gate
 from synseg.train.config import TrainConfig
 from synseg.models import BackboneConfig
 from synseg.models.backbone import ClipBackbone
 from synseg.models.fss import masked_attention_pooling
-from synseg.eval.methods.maskclip import MaskCLIP
-from synseg.synthetic import tiny_clip
-from synseg.eval.methods.readout import CLSReadout
+from synseg.methods.maskclip import MaskCLIP
+from synseg.research.world import tiny_clip
+from synseg.methods.readout import CLSReadout
 from synseg.models.synseg import DEFAULT_TEMPLATES
-from synseg.synthetic.experiment import ARCHITECTURE, SHIPPED_CLIP, WorldConfig, group_miou, scene_totals
+from synseg.synthetic import SHIPPED_CLIP, WORLD_CLIP
+from synseg.research.world.experiment import WorldConfig, group_miou, scene_totals
 from synseg.synthetic.world import CLASSES, MAX_THINGS, PATTERNS, STUFF, THINGS, UNSEEN_THINGS, make_scene, scene_rng
 
 
@@ -111,7 +112,7 @@ def clip(path: Path) -> None:
         print(f"zero-shot, {name}: largest thing seen {accuracy['things_seen']:.1%} (n={accuracy['n_things_seen']}), "
               f"unseen {accuracy['things_unseen']:.1%} (n={accuracy['n_things_unseen']}), stuff {accuracy['stuff']:.1%}; "
               f"chance {1 / len(THINGS):.1%} and {1 / len(STUFF):.1%}")
-    result = probe(ClipBackbone(BackboneConfig(ARCHITECTURE, str(path))))
+    result = probe(ClipBackbone(BackboneConfig(WORLD_CLIP, str(path))))
     print(f"linear probe on the last block's patch tokens ({result['tokens_inside_a_thing']} test tokens at least 3/4 inside "
           f"one thing): thing (colour and pattern) right {result['inside_thing_right']:.1%}, colour "
           f"{result['inside_colour_right']:.1%}, pattern {result['inside_pattern_right']:.1%}; all "
@@ -122,7 +123,7 @@ def clip(path: Path) -> None:
 @torch.no_grad()
 def regions(path: Path, scenes: int) -> None:
     """Soft masks are each token's share of the thing; scenes as the experiment's test split draws them."""
-    backbone = ClipBackbone(BackboneConfig(ARCHITECTURE, str(path)))
+    backbone = ClipBackbone(BackboneConfig(WORLD_CLIP, str(path)))
     visual, blocks = backbone.clip.visual, backbone.clip.visual.transformer.resblocks
     things = [CLASSES.index(thing) for thing in THINGS]
     text = backbone.embed_labels([CLASSES[i] for i in things], ("a photo of a {}.",))
@@ -183,7 +184,7 @@ def sizes(test: Path, checkpoints: list[str]) -> None:
     a map covers a pixel where its activation passes the model's background threshold."""
     paths = sorted((test / "JPEGImages").glob("*.png"))
     labels = [np.asarray(Image.open(test / "SegmentationClass" / path.name)) for path in paths]
-    patch = ClipBackbone(BackboneConfig(ARCHITECTURE, str(SHIPPED_CLIP))).patch_size
+    patch = ClipBackbone(BackboneConfig(WORLD_CLIP, str(SHIPPED_CLIP))).patch_size
     things = [CLASSES.index(name) for name in THINGS]
     areas = np.array([count / patch**2 for label in labels for index, count in zip(*np.unique(label, return_counts=True))
                       if index in things])
@@ -207,7 +208,7 @@ def sizes(test: Path, checkpoints: list[str]) -> None:
 
 @torch.no_grad()
 def readout(test: Path, path: Path) -> None:
-    backbone = ClipBackbone(BackboneConfig(ARCHITECTURE, str(path)))
+    backbone = ClipBackbone(BackboneConfig(WORLD_CLIP, str(path)))
     method = CLSReadout(backbone)
     text = backbone.embed_labels(list(CLASSES), DEFAULT_TEMPLATES)
     paths = sorted((test / "JPEGImages").glob("*.png"))
@@ -247,7 +248,7 @@ def readout(test: Path, path: Path) -> None:
 @torch.no_grad()
 def phrases(path: Path, clip_path: Path) -> None:
     names = sorted({p for line in path.read_text().splitlines() if line.strip() for p in json.loads(line)["phrases"]})
-    backbone = ClipBackbone(BackboneConfig(ARCHITECTURE, str(clip_path)))
+    backbone = ClipBackbone(BackboneConfig(WORLD_CLIP, str(clip_path)))
     text = backbone.embed_texts(names, TrainConfig().phrase_templates)
     cosine = (text @ text.T)[~torch.eye(len(names), dtype=torch.bool)]
     quantile = LossConfig().absent_text_quantile

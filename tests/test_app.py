@@ -28,7 +28,7 @@ def client():
 
 
 def test_page_offers_synseg_and_the_training_free_methods(client):
-    from synseg.eval.methods import TRAINING_FREE
+    from synseg.methods import TRAINING_FREE
 
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/segment", "/scene"} <= set(api)

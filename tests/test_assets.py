@@ -7,9 +7,9 @@ from safetensors import safe_open
 
 
 def test_rebuilding_the_demo_checkpoint_reproduces_the_shipped_files(tmp_path):
-    """`python -m synseg.synthetic.ship demo RUN/final ...` run on the shipped demo itself: byte for byte the same."""
-    from synseg.synthetic.experiment import SHIPPED_CLIP, SHIPPED_DEMO
-    from synseg.synthetic.ship import main
+    """`python -m synseg.research.world.ship demo RUN/final ...` run on the shipped demo itself: byte for byte the same."""
+    from synseg.synthetic import SHIPPED_CLIP, SHIPPED_DEMO
+    from synseg.research.world.ship import main
 
     assert main(["demo", str(SHIPPED_DEMO), str(tmp_path / "demo")]) == 0
     for name in ("model.safetensors", "config.json"):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from synseg.bench import TensorMemory, count_flops
+from synseg.research.speed.bench import TensorMemory, count_flops
 from synseg.cli import main
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
@@ -158,7 +158,7 @@ def test_profile_names_the_operators_that_take_the_time_without_native_log_noise
 def test_the_profiled_call_counts_in_neither_latency_nor_model_time(monkeypatch, tiny_model):
     import time
 
-    from synseg import bench
+    from synseg.research.speed import bench
 
     slow, synchronize, clock, lost = [], bench.synchronize, time.perf_counter, [0.0]
 

@@ -51,8 +51,8 @@ def test_segment_with_a_training_free_method_writes_what_the_library_computes(ca
     same options, and that result differs from the one without them."""
     import torch
 
-    from synseg.eval.methods import build_training_free
-    from synseg.eval.protocols import parse_protocols
+    from synseg.methods import build_training_free
+    from synseg.protocols import parse_protocols
     from synseg.models.backbone import BackboneConfig, ClipBackbone
     from synseg.predictor import Segmenter
     from synseg.render import heat_map
@@ -121,7 +121,7 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
 def test_demo_scores_the_shipped_model_and_every_training_free_method_and_draws_it(tmp_path):
     """The README's first command: the shipped world checkpoint segments new scenes, offline, beside every training-free
     method on the same CLIP. A broken shipped model (or one no better than MaskCLIP) fails on seen things."""
-    from synseg.eval.methods import TRAINING_FREE
+    from synseg.methods import TRAINING_FREE
 
     assert main(["demo", "--out", str(tmp_path), "--scenes", "12", "--show", "2"]) == 0
     scores = json.loads((tmp_path / "scores.json").read_text())

@@ -235,7 +235,7 @@ def test_maskclip_and_checkpoint_run_on_real_samples(real_data, tiny_model, tmp_
 
 def test_maskclip_is_the_value_path_of_the_last_block(tiny_model):
     """Independent route: open_clip's own last block with attention restricted to each token itself (diagonal mask)."""
-    from synseg.eval.methods.maskclip import MaskCLIP
+    from synseg.methods.maskclip import MaskCLIP
 
     maskclip = MaskCLIP(tiny_model.backbone)
     backbone, visual = tiny_model.backbone, tiny_model.backbone.clip.visual

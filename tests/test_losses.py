@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from synseg.losses import LossConfig, absent_pairs, caption_readout_loss, mccl_loss, present_loss, text_gate
+from synseg.train.losses import LossConfig, absent_pairs, caption_readout_loss, mccl_loss, present_loss, text_gate
 from synseg.models.fss import synergy_vectors, token_activations
 
 

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from synseg.errors import UserError
-from synseg.eval.methods import build_training_free, parse_method, parse_methods, training_free_methods
-from synseg.eval.methods.base import released_index
-from synseg.eval.methods.naclip import neighbourhood
-from synseg.eval.methods.resclip import PRESETS as RESCLIP_PRESETS
-from synseg.eval.methods.resclip import ResCLIP, straight_paths
-from synseg.eval.methods.scclip import outliers, repaired
+from synseg.methods import build_training_free, parse_method, parse_methods, training_free_methods
+from synseg.methods.base import released_index
+from synseg.methods.naclip import neighbourhood
+from synseg.methods.resclip import PRESETS as RESCLIP_PRESETS
+from synseg.methods.resclip import ResCLIP, straight_paths
+from synseg.methods.scclip import outliers, repaired
 from synseg.predictor import Segmenter
 
 

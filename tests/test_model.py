@@ -12,7 +12,7 @@ from PIL import Image
 
 from synseg.checkpoint import load_model, save_model
 from synseg.errors import UserError
-from synseg.eval.protocols.views import make_views, stitch_views
+from synseg.protocols.views import make_views, stitch_views
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
 from synseg.models.fss import masked_attention_pooling
 from synseg.predictor import Segmenter, best_label
@@ -210,7 +210,7 @@ def test_outputs_get_ordinary_file_permissions(tmp_path):
 def test_an_untrained_model_with_the_readout_prior_is_the_readout(tiny_model):
     """prior "readout": the decoder's last layer starts at zero, so an untrained model's maps are the CLS readout's
     class probabilities, for any label set; training then learns a correction."""
-    from synseg.eval.methods import build_training_free
+    from synseg.methods import build_training_free
 
     torch.manual_seed(4)
     model = build_synseg(SynSegConfig(backbone=BackboneConfig("synseg-tiny", None), prior="readout",

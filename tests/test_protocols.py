@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from synseg.errors import UserError
-from synseg.eval.methods import build_training_free
-from synseg.eval.pamr import pamr
-from synseg.eval.protocols import Slide, Views, build_protocol, parse_protocols
-from synseg.eval.protocols.slide import average_windows, resized_size, window_boxes
+from synseg.methods import build_training_free
+from synseg.protocols.pamr import pamr
+from synseg.protocols import Slide, Views, build_protocol, parse_protocols
+from synseg.protocols.slide import average_windows, resized_size, window_boxes
 
 
 def test_windows_cover_the_image_flush_with_its_borders():

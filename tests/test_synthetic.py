@@ -11,6 +11,9 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+
+from synseg.models.backbone import ARCHITECTURES_DIR
+from synseg.synthetic import WORLD_CLIP
 from PIL import Image
 
 from synseg.errors import UserError
@@ -18,7 +21,7 @@ from synseg.synthetic import (
     CLASSES, COLOURS, PATTERNS, SEEN_THINGS, STUFF, STUFF_NOUNS, THINGS, UNSEEN_THINGS, make_scene, scene_rng, write_split,
 )
 from synseg.synthetic.world import MAX_THINGS, pattern_mask
-from synseg.synthetic import tiny_clip
+from synseg.research.world import tiny_clip
 
 
 def test_vocabulary_is_large_enough_and_split_cleanly() -> None:
@@ -130,7 +133,7 @@ def test_writer_produces_a_voc_like_layout(tmp_path) -> None:
 
 
 def test_architecture_matches_the_brief() -> None:
-    config = json.loads(tiny_clip.ARCHITECTURE_FILE.read_text())
+    config = json.loads((ARCHITECTURES_DIR / f"{WORLD_CLIP}.json").read_text())
     vision, text = config["vision_cfg"], config["text_cfg"]
     assert vision["patch_size"] == 8 and max(vision["width"], text["width"]) <= 256
     assert max(vision["layers"], text["layers"]) <= 6 and 16 <= text["context_length"] <= 32
@@ -151,7 +154,7 @@ def test_tiny_clip_learns_and_checkpoint_loads_through_open_clip(tmp_path) -> No
     assert held_out < math.log(32) - 0.25, held_out  # below chance: it matches captions it never saw
 
     path = tiny_clip.save(model, tmp_path / "world.safetensors", {"steps": config.steps})
-    loaded = open_clip.create_model(tiny_clip.ARCHITECTURE, pretrained=str(path))
+    loaded = open_clip.create_model(WORLD_CLIP, pretrained=str(path))
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     accuracy = tiny_clip.zero_shot(loaded, scenes=40)
@@ -186,13 +189,13 @@ WORLD_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "wo
 def test_every_shipped_world_config_makes_valid_rows(path) -> None:
     """Each config under benchmarks/world loads as a WorldConfig whose every variant builds its training config."""
     from synseg.config import from_dict
-    from synseg.synthetic.experiment import WorldConfig, check_rows
+    from synseg.research.world.experiment import WorldConfig, check_rows
 
     check_rows(from_dict(WorldConfig, {"clip": "world-clip.safetensors", **json.loads(path.read_text())}, path.name))
 
 
 def test_a_row_with_a_bad_field_fails_before_anything_runs(tmp_path) -> None:
-    from synseg.synthetic.experiment import WorldConfig, run_experiment
+    from synseg.research.world.experiment import WorldConfig, run_experiment
 
     config = WorldConfig(clip="x", variants=("bad",), rows={"bad": {"loss": {"present_share": 2.0}}})
     with pytest.raises(UserError, match="present_share"):

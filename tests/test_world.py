@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 from synseg.cli import main as synseg
-from synseg.synthetic.experiment import DEFAULT_ROW, SHIPPED_CLIP, WorldConfig, run_experiment
+from synseg.research.world.experiment import DEFAULT_ROW, WorldConfig, run_experiment
+from synseg.synthetic import SHIPPED_CLIP
 
 
 def test_shipped_world_clip_lets_the_baseline_beat_chance(tmp_path):

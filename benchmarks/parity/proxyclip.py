@@ -62,7 +62,7 @@ def main() -> None:
     if args.proxyclip_child:
         return proxyclip_child(refs, args.out)
 
-    from synseg.eval.methods import build_training_free
+    from synseg.methods import build_training_free
 
     backbone, _, text = build_inputs(args.out)
     ours = build_training_free("proxyclip", backbone)

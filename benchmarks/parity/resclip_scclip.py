@@ -101,8 +101,8 @@ def scclip_reference(refs: Path):
     module = load_file_module("scclip_model", refs / "SC-CLIP/clip/model.py")
 
     def run(visual, depth: int, pixels: torch.Tensor, text: torch.Tensor, preset) -> torch.Tensor:
-        from synseg.eval.methods.base import released_index
-        from synseg.eval.methods.scclip import ADJUST_BLOCK, FUSE_BLOCK, FUSED_BLOCKS
+        from synseg.methods.base import released_index
+        from synseg.methods.scclip import ADJUST_BLOCK, FUSE_BLOCK, FUSED_BLOCKS
 
         vit = reference_vit(module, visual, depth)
         vit.pre_adjust_idx, vit.post_adjust_idx = released_index(ADJUST_BLOCK, depth), released_index(FUSE_BLOCK, depth)
@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from synseg.eval.methods import build_training_free
+    from synseg.methods import build_training_free
 
     references = {"resclip": resclip_reference(args.refs.resolve()), "scclip": scclip_reference(args.refs.resolve())}
     results = {}

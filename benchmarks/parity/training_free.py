@@ -141,7 +141,7 @@ def main() -> None:
     if args.clearclip_child:
         return clearclip_child(args.refs.resolve(), args.out)
 
-    from synseg.eval.methods import build_training_free
+    from synseg.methods import build_training_free
 
     backbone, inputs, text = build_inputs(args.out)
     visual = backbone.clip.visual

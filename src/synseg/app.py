@@ -55,7 +55,7 @@ def segment_image(setup: AppSetup, image: Image.Image | None, labels: str, metho
 
 def world_scene(seed: int, size: int) -> tuple[Image.Image, str]:
     """A new generated scene and the world's class names as its labels."""
-    from synseg.synthetic.experiment import WorldConfig
+    from synseg.research.world.experiment import WorldConfig
     from synseg.synthetic.world import CLASSES, make_scene, scene_rng
 
     scene = make_scene(scene_rng(seed, 0), size, "test", backdrop=WorldConfig.backdrop)

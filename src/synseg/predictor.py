@@ -9,15 +9,15 @@ import torch
 from PIL import Image
 
 from synseg.errors import UserError
-from synseg.eval.protocols import Protocol as EvalProtocol
-from synseg.eval.protocols.views import Views
+from synseg.protocols import Protocol as EvalProtocol
+from synseg.protocols.views import Views
 from synseg.io import image_tensor
 from synseg.models.backbone import ClipBackbone
 from synseg.models.synseg import DEFAULT_TEMPLATES
 
 
 class DensePredictor(Protocol):
-    """What Segmenter needs from a method: SynSeg and the training-free methods (synseg.eval.methods) provide it.
+    """What Segmenter needs from a method: SynSeg and the training-free methods (synseg.methods) provide it.
 
     `logits` are the scores a protocol may average across windows, `activate` turns them into probabilities, and
     `activation_maps` is the two in one."""

@@ -19,12 +19,13 @@ def setup_from_args(args: argparse.Namespace):
     """SynSeg (a --checkpoint, else the shipped world model) and every training-free method `synseg eval` offers."""
     from synseg.app import AppSetup
     from synseg.commands.common import build_predictors
-    from synseg.eval.methods import method_names, parse_method
+    from synseg.methods import method_names, parse_method
     from synseg.predictor import Segmenter
 
     world = not args.checkpoint and not args.backbone
     if world:
-        from synseg.synthetic.experiment import SHIPPED_CLIP, SHIPPED_DEMO, WorldConfig
+        from synseg.research.world.experiment import WorldConfig
+        from synseg.synthetic import SHIPPED_CLIP, SHIPPED_DEMO
 
         args.checkpoint, args.pretrained = str(SHIPPED_DEMO), args.pretrained or str(SHIPPED_CLIP)
     choices = [parse_method(name) for name in method_names() if name != "synseg" or args.checkpoint]

@@ -9,10 +9,10 @@ import sys
 
 import torch
 
-from synseg.bench import METHODS, BenchConfig, format_report, run_bench
+from synseg.research.speed.bench import METHODS, BenchConfig, format_report, run_bench
 from synseg.commands.common import add_model_arguments, add_precision_argument, build_model
 from synseg.errors import UserError
-from synseg.eval.protocols import build_protocol
+from synseg.protocols import build_protocol
 from synseg.io import atomic_path, check_size, ensure_writable_file
 
 

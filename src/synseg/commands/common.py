@@ -62,8 +62,8 @@ def build_model(args: argparse.Namespace, warn_untrained: bool = True) -> SynSeg
 
 def add_method_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
     """--method, --protocol and --pamr, the same for every command that runs a method."""
-    from synseg.eval.methods import method_names
-    from synseg.eval.protocols import PROTOCOL_NAMES
+    from synseg.methods import method_names
+    from synseg.protocols import PROTOCOL_NAMES
 
     names = ", ".join(method_names())
     parser.add_argument("--method", default=None if several else "synseg", metavar="NAME[:PRESET]" + (",..." if several else ""),
@@ -77,7 +77,7 @@ def add_method_arguments(parser: argparse.ArgumentParser, several: bool = False)
 
 def protocols_from(args: argparse.Namespace, several: bool = False) -> list:
     """The --protocol list (one entry unless `several`); --views is the synseg protocol's view count."""
-    from synseg.eval.protocols import parse_protocols
+    from synseg.protocols import parse_protocols
 
     protocols = parse_protocols(args.protocol or "synseg", getattr(args, "pamr", False), getattr(args, "views", None))
     if len(protocols) > 1 and not several:
@@ -86,10 +86,10 @@ def protocols_from(args: argparse.Namespace, several: bool = False) -> list:
 
 
 def build_predictors(args: argparse.Namespace, methods: list) -> dict:
-    """One dense predictor per method (synseg.eval.methods.MethodChoice or its name). The training-free methods share
+    """One dense predictor per method (synseg.methods.MethodChoice or its name). The training-free methods share
     the SynSeg model's backbone when one is built (a --checkpoint, or SynSeg asked for), else one backbone loaded from
     --backbone/--pretrained."""
-    from synseg.eval.methods import build_training_free, parse_method
+    from synseg.methods import build_training_free, parse_method
 
     choices = [parse_method(m) if isinstance(m, str) else m for m in methods]
     model = build_model(args) if args.checkpoint or any(not c.training_free for c in choices) else None

@@ -22,10 +22,11 @@ def run(args: argparse.Namespace) -> int:
     from synseg.config import write_json
     from synseg.data.benchmarks import get_benchmark
     from synseg.eval.evaluator import segmenter_predict
-    from synseg.eval.methods import TRAINING_FREE, build_training_free
+    from synseg.methods import TRAINING_FREE, build_training_free
     from synseg.io import ensure_writable_dir
     from synseg.predictor import Segmenter
-    from synseg.synthetic.experiment import (SHIPPED_CLIP, SHIPPED_DEMO, WorldConfig, chance_counts, per_class_iou,
+    from synseg.synthetic import SHIPPED_CLIP, SHIPPED_DEMO
+    from synseg.research.world.experiment import (WorldConfig, chance_counts, per_class_iou,
                                              scene_counts, summarise, table)
     from synseg.synthetic.world import write_split
     from synseg.viz import benchmark_grid_rows, grid_figure, require_matplotlib, save_figure

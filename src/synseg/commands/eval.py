@@ -15,7 +15,7 @@ from synseg.distributed import init_distributed
 from synseg.errors import UserError
 from synseg.eval.evaluator import (EvalResult, PredictionFolder, evaluate, evaluate_many, markdown_table,
                                    segmenter_predict, split)
-from synseg.eval.methods import parse_methods
+from synseg.methods import parse_methods
 from synseg.io import atomic_path, ensure_writable_file, read_text
 
 

@@ -10,7 +10,7 @@ from synseg.commands.common import resolve_device
 from synseg.config import read_json
 from synseg.errors import UserError
 from synseg.io import ensure_folder_target, ensure_writable_dir, ensure_writable_files
-from synseg.losses import TERMS
+from synseg.train.losses import TERMS
 from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig, recipe_config
 
 

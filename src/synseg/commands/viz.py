@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from synseg.commands.common import add_method_arguments, add_model_arguments, build_predictors, protocols_from
 from synseg.errors import UserError
-from synseg.eval.methods import parse_methods
+from synseg.methods import parse_methods
 from synseg.io import ensure_writable_file, load_image
 from synseg.predictor import Segmenter, parse_labels
 

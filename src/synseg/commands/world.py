@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from synseg.config import from_dict, read_json
-    from synseg.synthetic.experiment import QUICK, SHIPPED_CLIP, WorldConfig, run_experiment
+    from synseg.research.world.experiment import QUICK, WorldConfig, run_experiment
+    from synseg.synthetic import SHIPPED_CLIP
 
     clip = args.clip or str(SHIPPED_CLIP)
     if not Path(clip).is_file():

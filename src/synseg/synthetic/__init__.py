@@ -1,6 +1,8 @@
 """A synthetic world with exact ground truth, and a tiny CLIP trained on it, to test the method end to end offline."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from synseg.synthetic.world import (
     CLASSES,
     COLOURS,
@@ -20,7 +22,13 @@ from synseg.synthetic.world import (
     write_split,
 )
 
+WORLD_CLIP = "synseg-world-clip"  # the world CLIP's open_clip architecture (models/architectures/synseg-world-clip.json)
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SHIPPED_CLIP = ASSETS / "world-clip.safetensors"  # the world CLIP's weights, shipped inside synseg
+SHIPPED_DEMO = ASSETS / "world-demo"  # `synseg demo`'s checkpoint (docs/world.md: how it is rebuilt)
+
 __all__ = [
+    "ASSETS", "SHIPPED_CLIP", "SHIPPED_DEMO", "WORLD_CLIP",
     "CLASSES", "COLOURS", "PATTERNS", "SEEN_THINGS", "SILHOUETTES", "SPLITS", "STUFF", "STUFF_NOUNS", "THINGS", "UNSEEN", "UNSEEN_THINGS",
     "Scene", "Thing", "make_scene", "scene_rng", "write_split",
 ]

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from synseg.config import check, check_templates, finite, from_dict, merged, positive_int
 from synseg.errors import UserError
-from synseg.losses import LossConfig
+from synseg.train.losses import LossConfig
 from synseg.models.synseg import SynSegConfig
 
 # Named starting points for `synseg train --recipe`, laid under a --config file. The dataclasses' own defaults are the

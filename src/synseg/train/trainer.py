@@ -22,7 +22,7 @@ from synseg.data.datasets import CaptionPhraseDataset, DataConfig, PhraseLoader
 from synseg.distributed import every_rank, init_distributed, place
 from synseg.errors import UserError
 from synseg.io import atomic_path, staged_dir
-from synseg.losses import absent_pairs, caption_readout_loss, mccl_loss
+from synseg.train.losses import absent_pairs, caption_readout_loss, mccl_loss
 from synseg.models.fss import token_activations, token_log_inactivity
 from synseg.models.synseg import SynSeg, build_synseg
 from synseg.train.cache import FeatureCache

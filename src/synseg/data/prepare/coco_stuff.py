@@ -56,5 +56,5 @@ class COCOStuff(Preparer):
         for stem in sorted(images.keys() & labels.keys()):
             tasks.append((link, out / "images" / f"{split}2017" / f"{stem}.jpg", images[stem]))
             tasks.append(make_task(out / "annotations" / f"{split}2017" / f"{stem}{self.suffix}", stem, labels))
-        missing = unpaired(images, set(labels), f"the label of {{}}.jpg") + unpaired(labels, set(images), "{}.jpg")
+        missing = unpaired(images, set(labels), "the label of {}.jpg") + unpaired(labels, set(images), "{}.jpg")
         return tasks, SplitReport(split, len(images.keys() & labels.keys()), self.official[split], missing)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from synseg.eval.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads
+from synseg.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads
 
 # ClearCLIP's defaults: logit_scale=50; prob_thd 0.5 on VOC21 and 0.4 on COCO-Object.
 PRESETS = {

@@ -1,7 +1,7 @@
 """Put the world's models inside the package.
 
-    python -m synseg.synthetic.ship clip TRAINED.safetensors src/synseg/assets/world-clip.safetensors
-    python -m synseg.synthetic.ship demo RUN/final src/synseg/assets/world-demo
+    python -m synseg.research.world.ship clip TRAINED.safetensors src/synseg/assets/world-clip.safetensors
+    python -m synseg.research.world.ship demo RUN/final src/synseg/assets/world-demo
 
 The CLIP: of open_clip's 49,408 token embeddings the world's text uses under a hundred; the others were never trained
 (weight decay only shrank their random start), so they are zeroed, and everything is stored in fp16.
@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from synseg.models.synseg import DEFAULT_TEMPLATES
-from synseg.synthetic.tiny_clip import tokenizer
+from synseg.research.world.tiny_clip import tokenizer
 from synseg.synthetic.world import CLASSES, make_scene, scene_rng
 
 
@@ -37,7 +37,7 @@ def ship_clip(source: str, target: str) -> None:
 
 def ship_demo(checkpoint: str, target: str) -> None:
     from synseg.checkpoint import load_model, save_model
-    from synseg.synthetic.experiment import SHIPPED_CLIP
+    from synseg.synthetic import SHIPPED_CLIP
 
     model = load_model(checkpoint, pretrained=str(SHIPPED_CLIP))
     model.config.backbone.pretrained = SHIPPED_CLIP.name

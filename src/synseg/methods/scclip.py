@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synseg.eval.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads, released_index
+from synseg.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads, released_index
 
 NEIGHBOURS, CONTAMINATION = 30, 0.05  # lof_pytorch's defaults
 SIMILARITY_FLOOR, CLS_WEIGHT = 0.4, 0.3  # beta, res_cls

@@ -12,7 +12,7 @@ import functools
 import torch
 from torch import nn
 
-from synseg.eval.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads
+from synseg.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads
 
 GAUSSIAN_STD = 5.0  # NACLIP's default, in patches
 

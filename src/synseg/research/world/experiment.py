@@ -7,7 +7,6 @@ supervised upper bound, which needs ground-truth masks that captions do not give
 from __future__ import annotations
 
 import copy
-import json
 import multiprocessing
 import re
 import statistics
@@ -29,19 +28,16 @@ from synseg.data.benchmarks import get_benchmark
 from synseg.data.benchmarks.base import IGNORE_INDEX
 from synseg.errors import UserError
 from synseg.eval.evaluator import segmenter_predict
-from synseg.eval.methods import TRAINING_FREE, build_training_free, parse_method, training_free_methods
+from synseg.methods import TRAINING_FREE, build_training_free, parse_method, training_free_methods
 from synseg.eval.metric import ConfusionMatrix
 from synseg.io import atomic_path
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
 from synseg.models.backbone import ClipBackbone
 from synseg.predictor import Segmenter
+from synseg.synthetic import WORLD_CLIP
 from synseg.synthetic.world import CLASSES, SEEN_THINGS, STUFF, THINGS, UNSEEN_THINGS, write_split
 from synseg.train.config import RECIPES, TrainConfig
 
-ARCHITECTURE = "synseg-world-clip"
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-SHIPPED_CLIP = ASSETS / "world-clip.safetensors"
-SHIPPED_DEMO = ASSETS / "world-demo"  # `synseg demo`'s checkpoint (docs/world.md: how it is rebuilt)
 L2_L4_OFF = {"intra_separate": 0.0, "inter_background": 0.0, "inter_foreground": 0.0}
 FOUR_TERMS = {"intra_separate": 0.1, "inter_background": 0.1, "inter_foreground": 0.1}
 # The default recipe's two weak image-level terms (absent and present), shared by every caption-trained row that does
@@ -92,7 +88,7 @@ class WorldConfig:
     """The experiment's defaults are its best measured setting (docs/world.md); rows differ from it only by their own
     overrides, so each loss's effect is measured where learning happens."""
 
-    clip: str  # the world CLIP's weights (python -m synseg.synthetic.tiny_clip)
+    clip: str  # the world CLIP's weights (python -m synseg.research.world.tiny_clip)
     train_scenes: int = 1200
     test_scenes: int = 200
     scene_size: int = 64  # the world CLIP's input size: nothing is resampled
@@ -120,7 +116,7 @@ QUICK = {"train_scenes": 600, "test_scenes": 80, "seeds": (0,),
 def model_config(config: WorldConfig, row: dict | None = None) -> SynSegConfig:
     overrides = from_dict(SynSegConfig, merged(config.model, (row or {}).get("model", {})), "world config.model")
     decoder = DecoderConfig(**merged(config.decoder, (row or {}).get("decoder", {})))
-    return replace(overrides, backbone=BackboneConfig(ARCHITECTURE, config.clip), decoder=decoder)
+    return replace(overrides, backbone=BackboneConfig(WORLD_CLIP, config.clip), decoder=decoder)
 
 
 def build_world(config: WorldConfig, root: Path) -> tuple[Path, Path]:
@@ -262,7 +258,7 @@ def evaluate_row(config: WorldConfig, test: Path, out: Path, checkpoint: Path | 
     if checkpoint is not None:
         predictor = load_model(checkpoint)
     else:
-        backbone = ClipBackbone(BackboneConfig(ARCHITECTURE, config.clip))
+        backbone = ClipBackbone(BackboneConfig(WORLD_CLIP, config.clip))
         backbone = backbone.to("cuda" if torch.cuda.is_available() else "cpu")
         predictor = build_training_free(method, backbone).eval()
     counts = scene_counts(benchmark, segmenter_predict(Segmenter(predictor), benchmark, views=config.views))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from synseg.eval.pamr import pamr
-from synseg.eval.protocols.base import Protocol, resize
+from synseg.protocols.pamr import pamr
+from synseg.protocols.base import Protocol, resize
 
 
 def quadrant_boxes(height: int, width: int) -> list[tuple[int, int, int, int]]:

@@ -6,9 +6,9 @@ and `slide-tcl` (TCL's and ClearCLIP's 448/448/224); `slide:S/W/T` for any short
 from __future__ import annotations
 
 from synseg.errors import UserError
-from synseg.eval.protocols.base import Protocol
-from synseg.eval.protocols.slide import Slide
-from synseg.eval.protocols.views import Views
+from synseg.protocols.base import Protocol
+from synseg.protocols.slide import Slide
+from synseg.protocols.views import Views
 
 SLIDE_PRESETS = {"slide": (336, 224, 112), "slide-tcl": (448, 448, 224)}
 PROTOCOL_NAMES = ("synseg", "whole", *SLIDE_PRESETS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from synseg.eval.methods.base import Preset, TrainingFreeCLIP
+from synseg.methods.base import Preset, TrainingFreeCLIP
 from synseg.models.readout import block_inputs, readout_embeddings
 
 # CLIP's own temperature and SynSeg's 8 prompts; background below a best-label probability of 0.5 (untuned).

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synseg.errors import UserError
-from synseg.eval.methods.base import Preset, TrainingFreeCLIP, attend, heads, resized_positions
+from synseg.methods.base import Preset, TrainingFreeCLIP, attend, heads, resized_positions
 from synseg.models.backbone import ClipBackbone
 
 

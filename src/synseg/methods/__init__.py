@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from synseg.errors import UserError
-from synseg.eval.methods import clearclip, maskclip, naclip, proxyclip, readout, resclip, scclip, sclip
-from synseg.eval.methods.base import Preset, TrainingFreeCLIP
+from synseg.methods import clearclip, maskclip, naclip, proxyclip, readout, resclip, scclip, sclip
+from synseg.methods.base import Preset, TrainingFreeCLIP
 from synseg.models.backbone import ClipBackbone
 
 TRAINING_FREE: dict[str, tuple[type[TrainingFreeCLIP], dict[str, Preset]]] = {

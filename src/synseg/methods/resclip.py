@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synseg.eval.methods.base import (Preset, TrainingFreeCLIP, affinity, attend, heads, released_index,
+from synseg.methods.base import (Preset, TrainingFreeCLIP, affinity, attend, heads, released_index,
                                       upsampled_cosine)
-from synseg.eval.methods.naclip import GAUSSIAN_STD, neighbourhood
-from synseg.eval.pamr import pamr
+from synseg.methods.naclip import GAUSSIAN_STD, neighbourhood
+from synseg.protocols.pamr import pamr
 
 RCS_BLOCKS = (5, 6, 7, 8)  # attention maps of blocks 6-9 of ViT-B/16's 12
 FEEDBACK_PAMR = (10, (8, 16))  # iterations, dilations of the first pass's PAMR

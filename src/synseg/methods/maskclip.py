@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synseg.eval.methods.base import Preset, TrainingFreeCLIP
+from synseg.methods.base import Preset, TrainingFreeCLIP
 
 # CLIP's own temperature, as MaskCLIP uses. MaskCLIP published no background rule; softmax probabilities of the best
 # label below 0.5 become background (untuned: a starting point, overridden by --threshold). SynSeg's prompts.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from synseg.eval.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads
+from synseg.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads
 
 # SCLIP's defaults (logit_scale=40; prob_thd=0.1 on its with-background configs), and its VOC21 and
 # Context60/COCO-Object configs (logit scale 65 and 50). Its VOC21 area threshold is not reproduced.

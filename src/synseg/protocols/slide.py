@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from synseg.eval.pamr import pamr
-from synseg.eval.protocols.base import Protocol
+from synseg.protocols.pamr import pamr
+from synseg.protocols.base import Protocol
 
 LONG_SIDE_LIMIT = 2048  # mmseg's (2048, S) scale: the long side never exceeds it
 

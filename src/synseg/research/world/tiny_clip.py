@@ -25,13 +25,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from synseg.errors import UserError
+import synseg.models.backbone  # noqa: F401  (registers synseg's architectures, the world CLIP's among them, with open_clip)
 from synseg.io import atomic_path, ensure_writable_dir
+from synseg.synthetic import WORLD_CLIP
 from synseg.synthetic.world import (
     SEEN_THINGS, STUFF, STUFF_NOUNS, THINGS, UNSEEN_THINGS, Scene, Thing, make_scene, scene_rng,
 )
 
-ARCHITECTURE = "synseg-world-clip"
-ARCHITECTURE_FILE = Path(__file__).resolve().parents[1] / "models" / "architectures" / f"{ARCHITECTURE}.json"
 THING_TEMPLATES: tuple[str, ...] = ("{}", "a view of {}", "a photo of {}")
 STUFF_TEMPLATES: tuple[str, ...] = ("{}", "a view of {}", "{} in the background")
 TRAIN_STREAM, EVAL_STREAM, PATTERN_STREAM = 0, 1, 3
@@ -55,22 +55,14 @@ class TrainConfig:
     workers: int = 1
 
 
-def register() -> None:
-    """Make `synseg-world-clip` known to open_clip (idempotent)."""
-    if ARCHITECTURE not in open_clip.list_models():
-        open_clip.add_model_config(ARCHITECTURE_FILE)
-
-
 def tokenizer():
     """open_clip's tokenizer at the world CLIP's context length."""
-    register()
-    return open_clip.get_tokenizer(ARCHITECTURE)
+    return open_clip.get_tokenizer(WORLD_CLIP)
 
 
 def create(pretrained: str | Path | None = None) -> torch.nn.Module:
     """The world CLIP, random or loaded from a file through open_clip's own loader."""
-    register()
-    return open_clip.create_model(ARCHITECTURE, pretrained=str(pretrained) if pretrained else None)
+    return open_clip.create_model(WORLD_CLIP, pretrained=str(pretrained) if pretrained else None)
 
 
 def scenes_to_pixels(scenes: list[Scene], image_size: int) -> torch.Tensor:
@@ -235,13 +227,13 @@ def save(model: torch.nn.Module, path: str | Path, metadata: dict[str, object]) 
     path = Path(path)
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"architecture": ARCHITECTURE, **{k: json.dumps(v) for k, v in
+        save_file(state, str(tmp), metadata={"architecture": WORLD_CLIP, **{k: json.dumps(v) for k, v in
                                                                              metadata.items()}})
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m synseg.synthetic.tiny_clip", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m synseg.research.world.tiny_clip", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="where to write the .safetensors checkpoint")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)

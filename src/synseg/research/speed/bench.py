@@ -29,8 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from tqdm import tqdm
 
 from synseg.errors import UserError
-from synseg.eval.methods import build_training_free, training_free_methods
-from synseg.eval.protocols import build_protocol
+from synseg.methods import build_training_free, training_free_methods
+from synseg.protocols import build_protocol
 from synseg.models import fastpath
 from synseg.models.backbone import ClipBackbone
 from synseg.models.synseg import DEFAULT_TEMPLATES, SynSeg

@@ -1,0 +1,1 @@
+"""Speed measurement: latency, FLOPs, memory and the machine's limit."""
