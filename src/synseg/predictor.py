@@ -2,34 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from synseg.encoding import ImageEncoding
 from synseg.errors import UserError
-from synseg.protocols import Protocol as EvalProtocol
-from synseg.protocols.views import Views
-from synseg.io import image_tensor
-from synseg.models.backbone import ClipBackbone
-from synseg.models.synseg import DEFAULT_TEMPLATES
-
-
-class DensePredictor(Protocol):
-    """What Segmenter needs from a method: SynSeg and the training-free methods (synseg.methods) provide it.
-
-    `logits` are the scores a protocol may average across windows, `activate` turns them into probabilities, and
-    `activation_maps` is the two in one."""
-
-    backbone: ClipBackbone
-    background_threshold: float
-
-    def logits(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
-
-    def activate(self, logits: torch.Tensor) -> torch.Tensor: ...
-
-    def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
+from synseg.methods.spec import DensePredictor
+from synseg.protocols import DEFAULT_PROTOCOL, Protocol, build_protocol
 
 
 PRECISIONS = ("fp32", "bf16")  # bf16: autocast on the model's device; activation maps stay fp32
@@ -84,36 +66,38 @@ def best_label(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Segmenter:
-    """Segment any image with any labels under any protocol; label embeddings are cached, so a class list is embedded
-    once. The default protocol is the paper's 5 views (`views=1`: the whole image alone)."""
+    """Segment images with any labels: one method (a DensePredictor, e.g. from `synseg.build_predictor`) under one
+    protocol (default `quadrants`, the paper's 5 views; a name or a Protocol). Label embeddings are cached, so a class
+    list is embedded once. Give several Segmenters one `ImageEncoding` to encode an image once for all of them."""
 
-    def __init__(self, predictor: DensePredictor, templates: tuple[str, ...] | None = None, precision: str = "fp32") -> None:
+    def __init__(self, predictor: DensePredictor, protocol: str | Protocol = DEFAULT_PROTOCOL,
+                 templates: tuple[str, ...] | None = None, precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision}")
         self.predictor = predictor
-        self.templates = tuple(templates or getattr(predictor, "templates", None)
-                               or getattr(getattr(predictor, "config", None), "templates", DEFAULT_TEMPLATES))
+        self.protocol = build_protocol(protocol) if isinstance(protocol, str) else protocol
+        self.templates = tuple(templates or predictor.templates)
         self.precision = precision
 
     @property
     def device(self) -> torch.device:
         return self.predictor.backbone.device
 
+    def encode(self, image: Image.Image | torch.Tensor | str | Path | ImageEncoding) -> ImageEncoding:
+        """The image ([3, H, W] in [0, 1], a PIL image or a path) as an ImageEncoding on this method's device."""
+        return image if isinstance(image, ImageEncoding) else ImageEncoding(image, self.device)
+
     @torch.inference_mode()
-    def activations(self, image: Image.Image | torch.Tensor, labels: list[Label], views: int = 5,
-                    protocol: EvalProtocol | None = None) -> torch.Tensor:
+    def activations(self, image: Image.Image | torch.Tensor | str | Path | ImageEncoding,
+                    labels: list[Label]) -> torch.Tensor:
         """[K, H, W] activation maps at the image's own resolution, on the model's device; a label with several names
-        gets their maximum. The 8-bit image goes to the device, where the protocol cuts and resizes its views."""
-        if protocol is None:
-            if views not in (1, 5):
-                raise UserError(f"views must be 1 or 5, got {views}")
-            protocol = Views(views)
-        pixels = image if isinstance(image, torch.Tensor) else image_tensor(image, self.device)
+        gets their maximum."""
+        encoding = self.encode(image)
         names = [label_names(label) for label in labels]
         flat = [name for group in names for name in group]
         text = self.predictor.backbone.embed_labels(flat, self.templates)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            maps = protocol.maps(self.predictor, pixels, text)
+            maps = self.protocol.maps(self.predictor, encoding, text)
         maps = maps.float()
         if len(flat) == len(labels):
             return maps.clamp_(0, 1)
@@ -122,21 +106,20 @@ class Segmenter:
 
     def segment(
         self,
-        image: Image.Image | torch.Tensor,
+        image: Image.Image | torch.Tensor | str | Path | ImageEncoding,
         labels: list[Label],
-        views: int = 5,
         threshold: float | None = None,
         background: bool = False,
-        protocol: EvalProtocol | None = None,
         background_names: tuple[str, ...] = (),
     ) -> Segmentation:
-        """Per pixel the best label; with `background`, pixels whose best activation is below threshold get 0, and so
-        do those where `background_names` (a class of its own, as in SCLIP's class files) score best."""
+        """Per pixel the best label; with `background`, pixels whose best activation is below threshold (default: the
+        method's own) get 0, and so do those where `background_names` (a class of its own, as in SCLIP's class files)
+        score best. Raises UserError for empty or duplicate labels."""
         labels = parse_labels(labels)
         if background_names and not background:
             raise UserError("background names need background=True")
         asked = [tuple(background_names)] + labels if background_names else labels
-        maps = self.activations(image, asked, views, protocol)
+        maps = self.activations(image, asked)
         best, index = best_label(maps)
         if background:
             threshold = self.predictor.background_threshold if threshold is None else threshold

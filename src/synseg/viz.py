@@ -162,15 +162,18 @@ class GridRow:
     title: str = ""
 
 
-def benchmark_grid_rows(benchmark, segmenters: list, samples, views: int, threshold: float | None = None,
-                        protocol=None) -> list[GridRow]:
-    """One row per sample of a benchmark: its image, its ground truth and each segmenter's label map."""
+def benchmark_grid_rows(benchmark, segmenters: list, samples, threshold: float | None = None) -> list[GridRow]:
+    """One row per sample of a benchmark: its image, its ground truth and each segmenter's label map (the image is
+    encoded once for all of them)."""
+    from synseg.encoding import ImageEncoding
+
     labels = benchmark.prompt_labels()
     rows = []
     for sample in samples:
         image = load_image(sample.image_path)
-        predictions = [s.segment(image, labels, views=views, threshold=threshold, background=benchmark.has_background,
-                                 protocol=protocol).label_map for s in segmenters]
+        encoding = ImageEncoding(image, segmenters[0].device)
+        predictions = [s.segment(encoding, labels, threshold=threshold, background=benchmark.has_background).label_map
+                       for s in segmenters]
         rows.append(GridRow(image, benchmark.read_label(sample.label_path), predictions, sample.stem))
     return rows
 

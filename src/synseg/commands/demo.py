@@ -18,16 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from synseg.checkpoint import load_model
     from synseg.config import write_json
     from synseg.data.benchmarks import get_benchmark
     from synseg.eval.evaluator import segmenter_predict
-    from synseg.methods import TRAINING_FREE, build_training_free
     from synseg.io import ensure_writable_dir
+    from synseg.methods import build_predictors, list_methods
     from synseg.predictor import Segmenter
+    from synseg.research.world.experiment import WorldConfig, chance_counts, per_class_iou, scene_counts, summarise, table
     from synseg.synthetic import SHIPPED_CLIP, SHIPPED_DEMO
-    from synseg.research.world.experiment import (WorldConfig, chance_counts, per_class_iou,
-                                             scene_counts, summarise, table)
     from synseg.synthetic.world import write_split
     from synseg.viz import benchmark_grid_rows, grid_figure, require_matplotlib, save_figure
 
@@ -37,21 +35,23 @@ def run(args: argparse.Namespace) -> int:
     out = ensure_writable_dir(args.out)
     scenes = write_split(out / f"scenes-seed{args.seed}", args.scenes, SCENE_SEED + args.seed, "test",
                          WorldConfig.scene_size, WorldConfig.backdrop)
-    model = load_model(args.checkpoint) if args.checkpoint else load_model(SHIPPED_DEMO, pretrained=str(SHIPPED_CLIP))
+    checkpoint, pretrained = (args.checkpoint, None) if args.checkpoint else (str(SHIPPED_DEMO), str(SHIPPED_CLIP))
+    predictors = build_predictors(["synseg", *list_methods("training-free")], checkpoint, pretrained=pretrained)
     benchmark = get_benchmark("folder", scenes)
-    segmenters = {"SynSeg": Segmenter(model), **{f"{cls.title} (training-free, same CLIP)": Segmenter(
-        build_training_free(name, model.backbone).eval()) for name, (cls, _) in TRAINING_FREE.items()}}
-    counts = {name: scene_counts(benchmark, segmenter_predict(segmenter, benchmark, views=WorldConfig.views))
+    segmenters = {(c.title if not c.spec.training_free else f"{c.title} (training-free, same CLIP)"):
+                  Segmenter(predictor, WorldConfig.protocol) for c, predictor in predictors.items()}
+    counts = {name: scene_counts(benchmark, segmenter_predict(segmenter, benchmark))
               for name, segmenter in segmenters.items()}
     counts["Chance (uniform random labels)"] = chance_counts(scenes, args.seed)
     scores = {name: summarise(per_class_iou(scene.sum(axis=0))) for name, scene in counts.items()}
     write_json(scores, out / "scores.json")
 
     # beside SynSeg, the strongest training-free row on things
-    baseline = max((name for name in segmenters if name != "SynSeg"), key=lambda name: scores[name]["things"])
-    shown = [segmenters["SynSeg"], segmenters[baseline]]
-    rows = benchmark_grid_rows(benchmark, shown, benchmark.samples[: args.show], WorldConfig.views)
-    figure = save_figure(grid_figure(rows, ["SynSeg", baseline.split(" (")[0]], list(benchmark.class_names()),
+    synseg, *others = segmenters
+    baseline = max(others, key=lambda name: scores[name]["things"])
+    shown = [segmenters[synseg], segmenters[baseline]]
+    rows = benchmark_grid_rows(benchmark, shown, benchmark.samples[: args.show])
+    figure = save_figure(grid_figure(rows, [synseg, baseline.split(" (")[0]], list(benchmark.class_names()),
                                       benchmark.has_background, alpha=0.85), out / "demo.png")
     print(table({name: {key: [value] for key, value in row.items()} for name, row in scores.items()}))
     print(f"\n(mIoU % over {args.scenes} generated scenes; figure: {figure}; scenes: {scenes}; scores: {out / 'scores.json'})")

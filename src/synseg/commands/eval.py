@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 from synseg.card import write_evaluation
-from synseg.commands.common import (add_method_arguments, add_model_arguments, add_precision_argument, build_predictors,
-                                   protocols_from, resolve_device)
+from synseg.commands.common import (add_method_arguments, add_model_arguments, add_precision_argument, predictors_from,
+                                   protocols_from)
 from synseg.data.benchmarks import BENCHMARKS, Benchmark, benchmark_class, get_benchmark
 from synseg.distributed import init_distributed
 from synseg.errors import UserError
 from synseg.eval.evaluator import (EvalResult, PredictionFolder, evaluate, evaluate_many, markdown_table,
                                    segmenter_predict, split)
-from synseg.methods import parse_methods
+from synseg.methods import parse_methods, resolve_device
 from synseg.io import atomic_path, ensure_writable_file, read_text
 
 
@@ -31,8 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_precision_argument(parser)
     add_method_arguments(parser, several=True)
-    parser.add_argument("--views", type=int, choices=(1, 5),
-                        help="views of the synseg protocol: 5 = whole image + 4 quadrants (default), 1 = whole image")
     parser.add_argument("--threshold", type=float,
                         help="background threshold on the best probability for VOC and Object (default: each method's own)")
     parser.add_argument("--class-names", action="append", default=[], metavar="FILE|NAME=FILE",
@@ -84,7 +82,7 @@ def roots_by_benchmark(entries: list[str], names: list[str]) -> dict[str, Path]:
 def check_arguments(args: argparse.Namespace) -> list:
     """Reject contradictory or out-of-range options before any slow work; returns the methods to run."""
     if args.predictions:
-        for option, value in (("--checkpoint", args.checkpoint), ("--method", args.method), ("--views", args.views),
+        for option, value in (("--checkpoint", args.checkpoint), ("--method", args.method),
                               ("--threshold", args.threshold), ("--protocol", args.protocol),
                               ("--class-names", args.class_names or None), ("--pamr", args.pamr or None)):
             if value is not None:
@@ -92,8 +90,9 @@ def check_arguments(args: argparse.Namespace) -> list:
         methods = []
     else:
         methods = parse_methods(args.method or "synseg")
-        if any(not m.training_free for m in methods) and not args.checkpoint:
-            raise UserError("--method synseg needs --checkpoint (or score saved label maps with --predictions)")
+        needs = [m for m in methods if m.spec.needs_checkpoint]
+        if needs and not args.checkpoint:
+            raise UserError(f"--method {needs[0]} needs --checkpoint (or score saved label maps with --predictions)")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UserError(f"--threshold must be within [0, 1], got {args.threshold}")
     if args.card and not (args.checkpoint and Path(args.checkpoint).is_dir()):
@@ -138,7 +137,7 @@ def prediction_folders(folder: Path, benchmarks: dict[str, Benchmark], limit: in
 def command_line(args: argparse.Namespace) -> str:
     """The scoring options of this run, as a command to put beside its figures."""
     words = ["synseg eval", f"--benchmark {args.benchmark}", "--root DATA", f"--checkpoint {Path(args.checkpoint).name}"]
-    for option in ("method", "views", "threshold", "limit", "backbone", "pretrained"):
+    for option in ("method", "protocol", "threshold", "limit", "backbone", "pretrained"):
         value = getattr(args, option)
         if value is not None:
             words.append(f"--{option} {value}")
@@ -174,7 +173,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         settings = {key: getattr(args, key) for key in ("checkpoint", "predictions", "backbone", "pretrained", "precision",
                                                         "threshold", "limit", "pamr", "class_names")}
-        settings["views"] = None if args.predictions else args.views or 5
         settings["methods"] = [str(m) for m in methods]
         settings["protocols"] = [] if args.predictions else [p.describe() for p in protocols_from(args, several=True)]
         settings["roots"] = {name: str(root) for name, root in roots.items()}
@@ -192,13 +190,14 @@ def run_methods(args: argparse.Namespace, methods: list, benchmarks: dict[str, B
 
     protocols = protocols_from(args, several=True)
     names = class_name_files(args.class_names, benchmarks)
-    segmenters = {method: Segmenter(predictor, precision=args.precision) for method, predictor in build_predictors(args, methods).items()}
+    predictors = predictors_from(args, methods)
     results: list[EvalResult] = []
     for name, benchmark in benchmarks.items():
         labels, background = names.get(name, (None, ()))
         predicts = {(method.title, protocol.describe()): segmenter_predict(
-                        segmenter, benchmark, args.views or 5, args.threshold, protocol, labels, background)
-                    for protocol in protocols for method, segmenter in segmenters.items()}
+                        Segmenter(predictor, protocol, precision=args.precision), benchmark, args.threshold, labels,
+                        background)
+                    for protocol in protocols for method, predictor in predictors.items()}
         results += evaluate_many(benchmark, predicts, args.limit)
     rank = {row: i for i, row in enumerate((m.title, p.describe()) for m in methods for p in protocols)}
     return sorted(results, key=lambda r: rank[(r.method, r.protocol)])

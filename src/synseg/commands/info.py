@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from synseg.commands.common import add_model_arguments, build_model
+from synseg.commands.common import add_model_arguments
+from synseg.methods import build_predictor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.pretrained is None:
         args.pretrained = "none"  # counting parameters needs no weights
-    model = build_model(args, warn_untrained=False)
+    model = build_predictor("synseg", args.checkpoint, args.backbone, args.pretrained, args.device, allow_untrained=True)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     parts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.named_children()}

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from synseg.commands.common import (add_method_arguments, add_model_arguments, add_precision_argument, build_predictors,
-                                   protocols_from)
+from synseg.commands.common import (add_method_arguments, add_model_arguments, add_precision_argument, methods_from,
+                                   predictors_from, protocols_from)
 from synseg.config import write_json
 from synseg.errors import UserError
 from synseg.io import atomic_path, check_image, ensure_writable_dir, ensure_writable_files, load_image
@@ -28,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_precision_argument(parser)
     add_method_arguments(parser)
-    parser.add_argument("--views", type=int, choices=(1, 5), default=5,
-                        help="views of the synseg protocol: 5 = whole image + 4 quadrants (default)")
     parser.add_argument("--threshold", type=float, help="background threshold on the best activation (with --background)")
     parser.add_argument("--background", action="store_true", help="add a background class for weak activations")
 
@@ -93,16 +91,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--threshold must be within [0, 1], got {args.threshold}")
     paths = list(dict.fromkeys(check_image(p) for p in args.images))
     (protocol,) = protocols_from(args)
+    methods = methods_from(args)
     out = ensure_writable_dir(args.out)
     heats = heat_names(labels)
     files = output_files(paths, labels, heats)
     ensure_writable_files([out / name for entry in files for name in _names(entry)] + [out / LABELS, out / MANIFEST])
-    (predictor,) = build_predictors(args, [args.method]).values()
-    segmenter = Segmenter(predictor, precision=args.precision)
+    (predictor,) = predictors_from(args, methods, allow_untrained=True).values()
+    segmenter = Segmenter(predictor, protocol, precision=args.precision)
     names = (["background"] if args.background else []) + labels
     for path, entry in tqdm(list(zip(paths, files)), desc="segment", unit="img", disable=len(paths) < 2, file=sys.stderr):
         image = load_image(path)
-        result = segmenter.segment(image, labels, threshold=args.threshold, background=args.background, protocol=protocol)
+        result = segmenter.segment(image, labels, threshold=args.threshold, background=args.background)
         for heat, activation in zip(entry["heat_maps"].values(), result.maps):  # one map at a time to the host
             with atomic_path(out / heat) as tmp:
                 heat_map(activation.cpu().numpy()).save(tmp, format="PNG")

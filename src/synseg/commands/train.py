@@ -6,9 +6,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from synseg.commands.common import resolve_device
 from synseg.config import read_json
 from synseg.errors import UserError
+from synseg.methods.spec import resolve_device
 from synseg.io import ensure_folder_target, ensure_writable_dir, ensure_writable_files
 from synseg.train.losses import TERMS
 from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig, recipe_config

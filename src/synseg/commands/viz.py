@@ -8,9 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from synseg.commands.common import add_method_arguments, add_model_arguments, build_predictors, protocols_from
+from synseg.commands.common import add_method_arguments, add_model_arguments, methods_from, predictors_from, protocols_from
 from synseg.errors import UserError
-from synseg.methods import parse_methods
 from synseg.io import ensure_writable_file, load_image
 from synseg.predictor import Segmenter, parse_labels
 
@@ -38,22 +37,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--root", required=True, help="folder holding the benchmark's layout")
     grid.add_argument("--limit", type=int, default=4, help="how many images, first of the split (default 4)")
     grid.add_argument("--threshold", type=float, help="background threshold for benchmarks with background")
-    _common(grid, several=True)
+    _common(grid, several=True, default=GRID_METHODS)
 
 
-def _common(parser: argparse.ArgumentParser, several: bool = False) -> None:
+GRID_METHODS = "synseg,maskclip"
+
+
+def _common(parser: argparse.ArgumentParser, several: bool = False, default: str = "synseg") -> None:
     parser.add_argument("--out", required=True, help="the PNG to write")
-    parser.add_argument("--views", type=int, choices=(1, 5), default=5,
-                        help="views of the synseg protocol: 5 = whole image + 4 quadrants (default)")
     add_model_arguments(parser)
-    add_method_arguments(parser, several=several)
+    add_method_arguments(parser, several=several, default=default)
 
 
-def _segmenter(args: argparse.Namespace) -> tuple[Segmenter, object]:
-    """The one --method's Segmenter and the --protocol."""
+def _segmenter(args: argparse.Namespace) -> Segmenter:
+    """The one --method's Segmenter under the --protocol."""
     (protocol,) = protocols_from(args)
-    (predictor,) = build_predictors(args, [args.method]).values()
-    return Segmenter(predictor), protocol
+    (predictor,) = predictors_from(args, methods_from(args), allow_untrained=True).values()
+    return Segmenter(predictor, protocol)
 
 
 def _fraction(value: float | None, option: str) -> None:
@@ -81,8 +81,7 @@ def run_fig3(args: argparse.Namespace):
     for value in thresholds:
         _fraction(value, "--thresholds")
     image = load_image(args.image)
-    segmenter, protocol = _segmenter(args)
-    activations = segmenter.activations(image, labels, protocol=protocol).cpu().numpy()
+    activations = _segmenter(args).activations(image, labels).cpu().numpy()
     return fig3_figure(image, activations[labels.index(label)], label, threshold_label_maps(activations, thresholds),
                        thresholds, ["background", *labels])
 
@@ -93,10 +92,10 @@ def run_overlay(args: argparse.Namespace):
     labels = parse_labels(args.labels)
     _fraction(args.threshold, "--threshold")
     image = load_image(args.image)
-    segmenter, protocol = _segmenter(args)
-    result = segmenter.segment(image, labels, threshold=args.threshold, background=args.background, protocol=protocol)
+    segmenter = _segmenter(args)
+    result = segmenter.segment(image, labels, threshold=args.threshold, background=args.background)
     names = (["background"] if args.background else []) + labels
-    return overlay_figure(image, result.label_map, names, args.background, title=args.method)
+    return overlay_figure(image, result.label_map, names, args.background, title=str(methods_from(args)[0]))
 
 
 def run_grid(args: argparse.Namespace):
@@ -108,10 +107,10 @@ def run_grid(args: argparse.Namespace):
         raise UserError(f"--limit must be at least 1, got {args.limit}")
     benchmark = get_benchmark(args.benchmark, args.root)
     (protocol,) = protocols_from(args)
-    predictors = build_predictors(args, parse_methods(args.method or "synseg,maskclip"))
-    segmenters = {method.title: Segmenter(predictor) for method, predictor in predictors.items()}
+    predictors = predictors_from(args, methods_from(args, GRID_METHODS, several=True))
+    segmenters = {method.title: Segmenter(predictor, protocol) for method, predictor in predictors.items()}
     samples = tqdm(benchmark.samples[: args.limit], desc="grid", unit="img", file=sys.stderr)
-    rows = benchmark_grid_rows(benchmark, list(segmenters.values()), samples, args.views, args.threshold, protocol)
+    rows = benchmark_grid_rows(benchmark, list(segmenters.values()), samples, args.threshold)
     return grid_figure(rows, list(segmenters), list(benchmark.class_names()), benchmark.has_background)
 
 

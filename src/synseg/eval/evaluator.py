@@ -1,7 +1,6 @@
 """Score a method on a benchmark split: run a Segmenter, or read saved label maps of any method, into one confusion matrix."""
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,30 @@ from synseg.data.benchmarks.base import read_index_png
 from synseg.distributed import current, sum_over_ranks
 from synseg.errors import UserError
 from synseg.eval.metric import ConfusionMatrix, check_indices
-from synseg.io import image_tensor, load_image
+from synseg.encoding import ImageEncoding
 
-Predict = Callable[[Sample, tuple[int, int]], np.ndarray]
+
+class SampleInput:
+    """One sample being scored: its label's (height, width) and its image, read and encoded once on first use and
+    shared by every row that scores it (`encoding`)."""
+
+    def __init__(self, sample: Sample, shape: tuple[int, int]) -> None:
+        self.sample, self.shape = sample, tuple(shape)
+        self._encodings: dict[torch.device, ImageEncoding] = {}
+
+    def encoding(self, device: torch.device) -> ImageEncoding:
+        """The image on `device`; UserError when its size is not its label's."""
+        if device not in self._encodings:
+            encoding = ImageEncoding(self.sample.image_path, device)
+            if encoding.size != self.shape:
+                raise UserError(
+                    f"image {self.sample.image_path} is {encoding.size[1]}x{encoding.size[0]} but its label "
+                    f"{self.sample.label_path} is {self.shape[1]}x{self.shape[0]}")
+            self._encodings[device] = encoding
+        return self._encodings[device]
+
+
+Predict = Callable[[SampleInput], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -60,14 +80,14 @@ def split(benchmark: Benchmark, limit: int | None = None) -> list[Sample]:
 
 def evaluate(benchmark: Benchmark, predict: Predict, method: str, limit: int | None = None,
              progress: bool = True) -> EvalResult:
-    """Stream the split through `predict` (sample, label height/width -> label map) and score it."""
+    """Stream the split through `predict` (SampleInput -> label map at the label's size) and score it."""
     return evaluate_many(benchmark, {(method, ""): predict}, limit, progress)[0]
 
 
 def evaluate_many(benchmark: Benchmark, predicts: dict[tuple[str, str], Predict], limit: int | None = None,
                   progress: bool = True) -> list[EvalResult]:
-    """Score several (method, protocol) rows in one pass: each label (and, through `sample_pixels`, each image) is
-    read once per sample for all of them.
+    """Score several (method, protocol) rows in one pass: each label and each image is read once per sample for all
+    of them (`SampleInput`).
 
     Under torchrun each process scores every world-th image and the integer confusion matrices are summed over the
     processes, so the result equals one process's exactly; the bar shows the first process's share.
@@ -81,8 +101,9 @@ def evaluate_many(benchmark: Benchmark, predicts: dict[tuple[str, str], Predict]
     with tqdm(total=len(mine), desc=desc, unit="img", disable=not progress or not ranks.main) as bar:
         for sample in mine:
             truth = benchmark.read_label(sample.label_path)
+            item = SampleInput(sample, truth.shape)
             for row, predict in predicts.items():
-                prediction = predict(sample, truth.shape)
+                prediction = predict(item)
                 try:
                     matrices[row].update(prediction, truth)
                 except ValueError as error:
@@ -112,7 +133,8 @@ class PredictionFolder:
     def path(self, sample: Sample) -> Path:
         return self.folder / f"{sample.stem}.png"
 
-    def __call__(self, sample: Sample, shape: tuple[int, int]) -> np.ndarray:
+    def __call__(self, item: SampleInput) -> np.ndarray:
+        sample, shape = item.sample, item.shape
         path = self.path(sample)
         prediction = read_index_png(path, "prediction")
         if prediction.shape != tuple(shape):
@@ -127,28 +149,15 @@ class PredictionFolder:
         return prediction
 
 
-@functools.lru_cache(maxsize=1)
-def sample_pixels(path: Path, device: torch.device | None = None) -> torch.Tensor:
-    """The image as [3, H, W] in [0, 1] on the model's device; the last one is kept, so every row scoring a sample gets
-    the same tensor (and methods on one backbone share their views and CLIP's forward)."""
-    return image_tensor(load_image(path), device)
-
-
-def segmenter_predict(segmenter, benchmark: Benchmark, views: int = 5, threshold: float | None = None,
-                      protocol=None, labels: list | None = None, background_names: tuple[str, ...] = ()) -> Predict:
+def segmenter_predict(segmenter, benchmark: Benchmark, threshold: float | None = None, labels: list | None = None,
+                      background_names: tuple[str, ...] = ()) -> Predict:
     """Label maps from a `synseg.predictor.Segmenter` asked about the benchmark's class names (or `labels`, one entry
-    per prompt label, each a name or a tuple of names), under `protocol` (default: `views` views)."""
+    per prompt label, each a name or a tuple of names)."""
     labels = labels or benchmark.prompt_labels()
 
-    def predict(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
-        image = sample_pixels(sample.image_path, segmenter.device)
-        if tuple(image.shape[-2:]) != tuple(shape):
-            raise UserError(
-                f"image {sample.image_path} is {image.shape[-1]}x{image.shape[-2]} but its label {sample.label_path} "
-                f"is {shape[1]}x{shape[0]}"
-            )
-        result = segmenter.segment(image, labels, views=views, threshold=threshold, background=benchmark.has_background,
-                                   protocol=protocol, background_names=background_names)
+    def predict(item: SampleInput) -> np.ndarray:
+        result = segmenter.segment(item.encoding(segmenter.device), labels, threshold=threshold,
+                                   background=benchmark.has_background, background_names=background_names)
         return result.label_map
 
     return predict

@@ -1,37 +1,36 @@
-"""The method registry: SynSeg and the training-free dense-CLIP methods, each known by one name to every command.
+"""The method registry: every predictor synseg can run, each known by one name to the library and every command.
 
-A training-free method is one file here (its last block and its presets) and one line in TRAINING_FREE. On the
-command line a method is NAME or NAME:PRESET (e.g. sclip:voc), the preset naming one of its own published defaults.
+A method is one file in this folder ending in a `METHOD = MethodSpec(...)` (a training-free one:
+`training_free(name, cls, PRESETS)`) and one entry in REGISTRY below. On the command line a method is NAME or
+NAME:PRESET (e.g. sclip:voc), the preset naming one of its own published defaults.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from synseg.errors import UserError
-from synseg.methods import clearclip, maskclip, naclip, proxyclip, readout, resclip, scclip, sclip
-from synseg.methods.base import Preset, TrainingFreeCLIP
-from synseg.models.backbone import ClipBackbone
+from synseg.methods import clearclip, clipseg, maskclip, naclip, proxyclip, readout, resclip, scclip, sclip, synseg
+from synseg.methods.spec import DensePredictor, MethodSpec, Preset, Sources, resolve_device
 
-TRAINING_FREE: dict[str, tuple[type[TrainingFreeCLIP], dict[str, Preset]]] = {
-    "maskclip": (maskclip.MaskCLIP, maskclip.PRESETS),
-    "sclip": (sclip.SCLIP, sclip.PRESETS),
-    "clearclip": (clearclip.ClearCLIP, clearclip.PRESETS),
-    "naclip": (naclip.NACLIP, naclip.PRESETS),
-    "resclip": (resclip.ResCLIP, resclip.PRESETS),
-    "scclip": (scclip.SCCLIP, scclip.PRESETS),
-    "proxyclip": (proxyclip.ProxyCLIP, proxyclip.PRESETS),
-    "readout": (readout.CLSReadout, readout.PRESETS),
-}
-TRAINED = {"synseg": "SynSeg"}
-
-
-def training_free_methods() -> tuple[str, ...]:
-    """Names of the methods that need only CLIP weights (one row each in the synthetic-world experiment)."""
-    return tuple(TRAINING_FREE)
+REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    synseg.METHOD,
+    clipseg.METHOD,
+    maskclip.METHOD,
+    sclip.METHOD,
+    clearclip.METHOD,
+    naclip.METHOD,
+    resclip.METHOD,
+    scclip.METHOD,
+    proxyclip.METHOD,
+    readout.METHOD,
+)}
 
 
-def method_names() -> tuple[str, ...]:
-    return (*TRAINED, *TRAINING_FREE)
+def list_methods(kind: str | None = None) -> list[str]:
+    """Every registered method's name in the registry's order, or those of one kind (spec.KINDS)."""
+    return [name for name, spec in REGISTRY.items() if kind is None or spec.kind == kind]
 
 
 @dataclass(frozen=True)
@@ -42,24 +41,26 @@ class MethodChoice:
     preset: str = "default"
 
     @property
-    def training_free(self) -> bool:
-        return self.name in TRAINING_FREE
+    def spec(self) -> MethodSpec:
+        return REGISTRY[self.name]
 
     @property
     def title(self) -> str:
-        title = TRAINED.get(self.name) or TRAINING_FREE[self.name][0].title
+        title = self.spec.title
         return title if self.preset == "default" else f"{title} ({self.preset})"
 
     def __str__(self) -> str:
         return self.name if self.preset == "default" else f"{self.name}:{self.preset}"
 
 
-def parse_method(text: str) -> MethodChoice:
-    """'sclip' or 'sclip:voc' -> MethodChoice; unknown names and presets are user errors that list the choices."""
+def parse_method(text: str | MethodChoice) -> MethodChoice:
+    """'sclip' or 'sclip:voc' -> MethodChoice; unknown names and presets raise UserError listing the choices."""
+    if isinstance(text, MethodChoice):
+        return text
     name, _, preset = text.strip().lower().partition(":")
-    if name not in TRAINED and name not in TRAINING_FREE:
-        raise UserError(f"unknown method '{name}' (choose from {', '.join(method_names())})")
-    presets = TRAINING_FREE[name][1] if name in TRAINING_FREE else {"default": None}
+    if name not in REGISTRY:
+        raise UserError(f"unknown method '{name}' (choose from {', '.join(REGISTRY)})")
+    presets = REGISTRY[name].presets
     preset = preset or "default"
     if preset not in presets:
         raise UserError(f"unknown preset '{preset}' of {name} (choose from {', '.join(presets)})")
@@ -74,14 +75,29 @@ def parse_methods(text: str) -> list[MethodChoice]:
     return list(dict.fromkeys(parse_method(part) for part in parts))
 
 
-def build_training_free(choice: MethodChoice | str, backbone: ClipBackbone) -> TrainingFreeCLIP:
-    """A training-free method on an already loaded backbone (methods on one backbone share its weights)."""
-    choice = parse_method(choice) if isinstance(choice, str) else choice
-    if not choice.training_free:
-        raise UserError(f"{choice.name} is not a training-free method ({', '.join(TRAINING_FREE)} are)")
-    cls, presets = TRAINING_FREE[choice.name]
-    return cls(backbone, presets[choice.preset])
+def build_predictors(methods: list[str | MethodChoice], checkpoint: str | None = None, backbone: str | None = None,
+                     pretrained: str | None = None, device: str | torch.device = "auto",
+                     allow_untrained: bool = False) -> dict[MethodChoice, DensePredictor]:
+    """One predictor per method (NAME or NAME:PRESET), in eval mode on `device`, all built from one `Sources`: the
+    methods on CLIP share one backbone (the checkpoint's, when there is one). A method that needs a checkpoint and has
+    none raises UserError unless `allow_untrained` (an untrained decoder: speed and smoke tests)."""
+    choices = [parse_method(method) for method in methods]
+    sources = Sources(checkpoint, backbone, pretrained, device, allow_untrained)
+    missing = [c for c in choices if c.spec.needs_checkpoint and not checkpoint and not allow_untrained]
+    if missing:
+        raise UserError(f"--method {missing[0]} needs a trained checkpoint (--checkpoint)")
+    if any(c.spec.needs_checkpoint for c in choices):
+        sources.model  # noqa: B018  (built first, so the methods on CLIP share its backbone)
+    return {choice: choice.spec.build(sources, choice.spec.presets[choice.preset]) for choice in choices}
 
 
-__all__ = ["MethodChoice", "Preset", "TrainingFreeCLIP", "build_training_free", "method_names", "parse_method",
-           "parse_methods", "training_free_methods"]
+def build_predictor(method: str | MethodChoice, checkpoint: str | None = None, backbone: str | None = None,
+                    pretrained: str | None = None, device: str | torch.device = "auto",
+                    allow_untrained: bool = False) -> DensePredictor:
+    """One method's predictor; see `build_predictors`."""
+    (predictor,) = build_predictors([method], checkpoint, backbone, pretrained, device, allow_untrained).values()
+    return predictor
+
+
+__all__ = ["REGISTRY", "DensePredictor", "MethodChoice", "MethodSpec", "Preset", "Sources", "build_predictor",
+           "build_predictors", "list_methods", "parse_method", "parse_methods", "resolve_device"]

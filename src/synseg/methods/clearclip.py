@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from synseg.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads
+from synseg.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads, training_free
 
 # ClearCLIP's defaults: logit_scale=50; prob_thd 0.5 on VOC21 and 0.4 on COCO-Object.
 PRESETS = {
@@ -24,3 +24,6 @@ class ClearCLIP(TrainingFreeCLIP):
     def last_block(self, block: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         q, _, v = heads(block, x)
         return attend(block, torch.softmax(affinity(q, q), dim=-1), v)
+
+
+METHOD = training_free("clearclip", ClearCLIP, PRESETS)

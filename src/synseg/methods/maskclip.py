@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synseg.methods.base import Preset, TrainingFreeCLIP
+from synseg.methods.base import Preset, TrainingFreeCLIP, training_free
 
 # CLIP's own temperature, as MaskCLIP uses. MaskCLIP published no background rule; softmax probabilities of the best
 # label below 0.5 become background (untuned: a starting point, overridden by --threshold). SynSeg's prompts.
@@ -30,3 +30,6 @@ class MaskCLIP(TrainingFreeCLIP):
         value = F.linear(block.ln_1(x), attention.in_proj_weight[2 * width:], bias)
         x = x + block.ls_1(attention.out_proj(value))
         return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+METHOD = training_free("maskclip", MaskCLIP, PRESETS)

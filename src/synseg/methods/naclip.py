@@ -12,7 +12,7 @@ import functools
 import torch
 from torch import nn
 
-from synseg.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads
+from synseg.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads, training_free
 
 GAUSSIAN_STD = 5.0  # NACLIP's default, in patches
 
@@ -37,3 +37,6 @@ class NACLIP(TrainingFreeCLIP):
         _, k, v = heads(block, x)
         omega = neighbourhood(grid).to(device=x.device, dtype=x.dtype)
         return attend(block, torch.softmax(affinity(k, k) + omega, dim=-1), v)
+
+
+METHOD = training_free("naclip", NACLIP, PRESETS)

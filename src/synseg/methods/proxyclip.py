@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from synseg.errors import UserError
-from synseg.methods.base import Preset, TrainingFreeCLIP, attend, heads, resized_positions
-from synseg.models.backbone import ClipBackbone
+from synseg.encoding import EncodedViews
+from synseg.methods.base import Preset, TrainingFreeCLIP, attend, heads, training_free
+from synseg.models.backbone import ClipBackbone, resized_positions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +52,9 @@ def foundation_model(name: str, pretrained: bool) -> nn.Module:
     import timm
 
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0).eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random weights (no published ones to load) are the same in every run
+            return timm.create_model(name, pretrained=pretrained, num_classes=0).eval()
     except Exception as error:  # timm raises whatever its hub client raises when offline
         raise UserError(f"could not load {name} weights through timm ({type(error).__name__}: {error})") from None
 
@@ -87,11 +90,11 @@ class ProxyCLIP(TrainingFreeCLIP):
         return x[:, 1:].transpose(1, 2).reshape(len(x), -1, *grid)
 
     @torch.inference_mode()
-    def dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        grid = self.grid(pixels)
+    def dense_features(self, views: EncodedViews) -> torch.Tensor:
+        grid = views.grid
         block = self.backbone.clip.visual.transformer.resblocks[-1]
-        _, _, v = heads(block, self.hidden_states(pixels)[-1])
-        proxy = self.proxy_features(pixels)
+        _, _, v = heads(block, views.hidden_states()[-1])
+        proxy = self.proxy_features(views.pixels)
         proxy_grid = tuple(proxy.shape[-2:])
         unit = F.normalize(proxy.flatten(2), dim=1)
         similarity = unit.transpose(1, 2) @ unit
@@ -102,3 +105,6 @@ class ProxyCLIP(TrainingFreeCLIP):
         values = F.interpolate(values, size=proxy_grid, mode="bilinear", align_corners=False)
         values = values.permute(0, 2, 3, 1).reshape(views, count, -1, width)
         return self.patch_features(attend(block, weights, values), proxy_grid)
+
+
+METHOD = training_free("proxyclip", ProxyCLIP, PRESETS)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from synseg.methods.base import Preset, TrainingFreeCLIP
-from synseg.models.readout import block_inputs, readout_embeddings
+from synseg.encoding import EncodedViews
+from synseg.methods.base import Preset, TrainingFreeCLIP, training_free
+from synseg.models.readout import readout_embeddings
 
 # CLIP's own temperature and SynSeg's 8 prompts; background below a best-label probability of 0.5 (untuned).
 PRESETS = {"default": Preset(logit_scale=None, background_threshold=0.5, templates=None)}
@@ -26,8 +27,9 @@ class CLSReadout(TrainingFreeCLIP):
             raise ValueError(f"{self.title} needs an image tower with a projection")
 
     @torch.inference_mode()
-    def dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        visual, patch = self.backbone.clip.visual, self.backbone.patch_size
-        grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
-        embeddings = readout_embeddings(visual, block_inputs(visual, self.embed(pixels)))
-        return embeddings.transpose(1, 2).reshape(len(pixels), -1, *grid)
+    def dense_features(self, views: EncodedViews) -> torch.Tensor:
+        embeddings = readout_embeddings(self.backbone.clip.visual, views.hidden_states())
+        return embeddings.transpose(1, 2).reshape(len(embeddings), -1, *views.grid)
+
+
+METHOD = training_free("readout", CLSReadout, PRESETS)

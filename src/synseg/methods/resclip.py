@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synseg.methods.base import (Preset, TrainingFreeCLIP, affinity, attend, heads, released_index,
-                                      upsampled_cosine)
+from synseg.encoding import EncodedViews
+from synseg.methods.base import (Preset, TrainingFreeCLIP, affinity, attend, heads, released_index, training_free,
+                                 upsampled_cosine)
 from synseg.methods.naclip import GAUSSIAN_STD, neighbourhood
 from synseg.protocols.pamr import pamr
 
@@ -131,9 +132,9 @@ class ResCLIP(TrainingFreeCLIP):
         return (matrix / matrix.amax(dim=(1, 2), keepdim=True)).half().unsqueeze(1)
 
     @torch.inference_mode()
-    def logits(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        grid = self.grid(pixels)
-        states = self.hidden_states(pixels)
+    def logits(self, views: EncodedViews, text: torch.Tensor) -> torch.Tensor:
+        pixels, grid = views.pixels, views.grid
+        states = views.hidden_states()
         rcs = self.cross_correlation(states)
         block = self.backbone.clip.visual.transformer.resblocks[-1]
         first = upsampled_cosine(self.patch_features(self.attention(block, states[-1], grid, rcs, None), grid), text,
@@ -141,3 +142,6 @@ class ResCLIP(TrainingFreeCLIP):
         feedback = self.feedback(pixels, first, grid)
         features = self.patch_features(self.attention(block, states[-1], grid, rcs, feedback), grid)
         return upsampled_cosine(features, text, pixels.shape[-2:])
+
+
+METHOD = training_free("resclip", ResCLIP, PRESETS)

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synseg.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads, released_index
+from synseg.encoding import EncodedViews
+from synseg.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads, released_index, training_free
 
 NEIGHBOURS, CONTAMINATION = 30, 0.05  # lof_pytorch's defaults
 SIMILARITY_FLOOR, CLS_WEIGHT = 0.4, 0.3  # beta, res_cls
@@ -101,9 +102,9 @@ class SCCLIP(TrainingFreeCLIP):
         return attend(block, weights, v)
 
     @torch.inference_mode()
-    def dense_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        grid = self.grid(pixels)
-        states = self.hidden_states(pixels)  # states[i + 1] is the code's feats_list[i]
+    def dense_features(self, views: EncodedViews) -> torch.Tensor:
+        grid = views.grid
+        states = views.hidden_states()  # states[i + 1] is the code's feats_list[i]
         depth = len(states)
         block = self.backbone.clip.visual.transformer.resblocks[-1]
         cls, patches = states[-1][:, :1], states[-1][:, 1:]
@@ -119,3 +120,6 @@ class SCCLIP(TrainingFreeCLIP):
         summed = sum(states[i + 1] for i in sorted({released_index(i, depth) for i in FUSED_BLOCKS}))
         fused = self.attention(block, summed[:, 1:], shifted) + CLS_WEIGHT * summed[:, :1]
         return self.patch_features(x + fuse @ fused, grid)
+
+
+METHOD = training_free("scclip", SCCLIP, PRESETS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from synseg.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads
+from synseg.methods.base import Preset, TrainingFreeCLIP, affinity, attend, heads, training_free
 
 # SCLIP's defaults (logit_scale=40; prob_thd=0.1 on its with-background configs), and its VOC21 and
 # Context60/COCO-Object configs (logit scale 65 and 50). Its VOC21 area threshold is not reproduced.
@@ -28,3 +28,6 @@ class SCLIP(TrainingFreeCLIP):
         weights = torch.softmax(affinity(q, q), dim=-1) + torch.softmax(affinity(k, k), dim=-1)
         x = x + attend(block, weights, v)
         return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+METHOD = training_free("sclip", SCLIP, PRESETS)

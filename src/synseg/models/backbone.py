@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,27 @@ def _quiet_hub():
         hub.HF_HUB_OFFLINE = offline
 
 
+def resized_positions(positions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[1 + n*n, width] class + square-grid position embeddings -> [1 + h*w, width] for an h x w token grid, resized
+    bicubically as the reference implementations do (DINO's convention: `scale_factor` (grid + 0.1) / n, so that
+    rounding never loses a row)."""
+    side = math.isqrt(positions.shape[0] - 1)
+    patches = positions[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    scale = ((grid[0] + 0.1) / side, (grid[1] + 0.1) / side)
+    patches = F.interpolate(patches, scale_factor=scale, mode="bicubic", align_corners=False, recompute_scale_factor=False)
+    return torch.cat([positions[:1], patches.flatten(2).transpose(1, 2)[0]])
+
+
+def block_inputs(visual: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The tokens [B, 1 + HW, width] entering each block of the image tower on embeddings `x` (batch first)."""
+    transformer = visual.transformer
+    inputs = []
+    for block in transformer.resblocks:
+        inputs.append(x)
+        x = block(x) if transformer.batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+    return inputs
+
+
 class ClipBackbone(nn.Module):
     """A frozen open_clip model exposing what SynSeg needs: intermediate visual tokens and text embeddings."""
 
@@ -166,6 +188,29 @@ class ClipBackbone(nn.Module):
     def normalize(self, images01: torch.Tensor) -> torch.Tensor:
         """CLIP's own mean/std normalisation of [0, 1] images."""
         return (images01 - self.mean) / self.std
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] normalised pixels, H and W multiples of the patch size -> [B, 1 + HW/p^2, width]: patch, class
+        and position embeddings and ln_pre. At another grid than CLIP's own the position embeddings are resized
+        (`resized_positions`). Raises ValueError for a size that is not a multiple of the patch size."""
+        visual, patch = self.clip.visual, self.patch_size
+        height, width = pixels.shape[-2:]
+        if height % patch or width % patch:
+            raise ValueError(f"input {width}x{height} is not a multiple of the patch size {patch}")
+        grid = (height // patch, width // patch)
+        if grid == self.grid:
+            return visual._embeds(pixels)
+        x = visual.conv1(pixels).flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + resized_positions(visual.positional_embedding, grid).to(x.dtype)
+        return visual.ln_pre(visual.patch_dropout(x))
+
+    @torch.no_grad()
+    def hidden_states(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """The tokens [B, 1 + HW, width] entering each block of the image tower (batch first), at any input size that
+        is a multiple of the patch size: [0] after ln_pre, [-1] entering the last block. The training-free methods
+        start from these (plain open_clip blocks, not `encode_image`'s fast path)."""
+        return block_inputs(self.clip.visual, self.embed(pixels))
 
     @torch.no_grad()
     def encode_image(self, pixels: torch.Tensor, layers: tuple[int, ...] | None = None) -> list[torch.Tensor]:

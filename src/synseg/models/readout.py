@@ -1,21 +1,11 @@
 """The per-token CLS readout of a frozen CLIP (docs/training-free.md): for each patch token i, CLIP's class token run
 through every block attending only to itself and to patch token i, then `ln_post` and the projection. It is a
-training-free method on its own (`eval/methods/readout.py`) and SynSeg's optional prior (`SynSegConfig.prior`)."""
+training-free method on its own (`methods/readout.py`) and SynSeg's optional prior (`SynSegConfig.prior`)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-def block_inputs(visual: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """The tokens [B, 1 + HW, width] entering each block of the image tower on embeddings `x` (batch first)."""
-    transformer = visual.transformer
-    inputs = []
-    for block in transformer.resblocks:
-        inputs.append(x)
-        x = block(x) if transformer.batch_first else block(x.transpose(0, 1)).transpose(0, 1)
-    return inputs
 
 
 def per_token_class_tokens(blocks: nn.ModuleList, inputs: list[torch.Tensor]) -> torch.Tensor:

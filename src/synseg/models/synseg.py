@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synseg.config import check, check_templates, finite
-
+from synseg.encoding import EncodedViews
 from synseg.models.backbone import BackboneConfig, ClipBackbone
 from synseg.models.decoder import DecoderConfig, DecoderOutput, SegDecoder
 from synseg.errors import UserError
@@ -93,6 +93,10 @@ class SynSeg(nn.Module):
     def background_threshold(self) -> float:
         return self.config.background_threshold
 
+    @property
+    def templates(self) -> tuple[str, ...]:
+        return self.config.templates
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changes: FiLM, decoder, projector. The backbone is named by the config instead."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
@@ -172,27 +176,28 @@ class SynSeg(nn.Module):
         return (log_p - log_not_p).clamp(-PRIOR_LOGIT_BOUND, PRIOR_LOGIT_BOUND)
 
     @torch.inference_mode()
-    def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """[V, K, S, S] activations in [0, 1] for V normalised views and K text embeddings."""
-        return self._maps(pixels, text, activate=True)
+    def activation_maps(self, views: EncodedViews, text: torch.Tensor) -> torch.Tensor:
+        """[V, K, S, S] activations in [0, 1] for V views and K text embeddings, at the views' size."""
+        return self._maps(views, text, activate=True)
 
     @torch.inference_mode()
-    def logits(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def logits(self, views: EncodedViews, text: torch.Tensor) -> torch.Tensor:
         """[V, K, S, S] decoder logits (what the slide protocol averages across windows), at the views' size."""
-        return self._maps(pixels, text, activate=False)
+        return self._maps(views, text, activate=False)
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
 
-    def _maps(self, pixels: torch.Tensor, text: torch.Tensor, activate: bool) -> torch.Tensor:
+    def _maps(self, views: EncodedViews, text: torch.Tensor, activate: bool) -> torch.Tensor:
         """CLIP and the decoder's reductions run once per view; the decoder then runs per (view, class) pair, on CPU in
         chunks small enough for its FFN activations to stay in cache (twice as fast as one big batch)."""
-        views, classes = pixels.shape[0], text.shape[0]
-        by_layer = dict(zip(self.feature_layers, self.backbone.encode_image(pixels, self.feature_layers)))
+        pixels = views.pixels
+        classes = text.shape[0]
+        by_layer = dict(zip(self.feature_layers, views.layer_tokens(self.feature_layers)))
         reduced = self.decoder.reduce([by_layer[layer] for layer in self.backbone.layers])
-        image_index = torch.arange(views, device=pixels.device).repeat_interleave(classes)
-        text = text.repeat(views, 1)
-        pairs, tokens = views * classes, reduced[0].shape[1]
+        image_index = torch.arange(len(pixels), device=pixels.device).repeat_interleave(classes)
+        text = text.repeat(len(pixels), 1)
+        pairs, tokens = len(pixels) * classes, reduced[0].shape[1]
         prior = None
         if self.config.prior != "none":
             block_inputs = [by_layer[layer] for layer in self.block_layers]
@@ -212,7 +217,7 @@ class SynSeg(nn.Module):
                 torch.sigmoid(logits, out=maps[part])
             else:
                 maps[part] = logits
-        maps = maps.view(views, classes, *maps.shape[-2:])
+        maps = maps.view(len(pixels), classes, *maps.shape[-2:])
         if maps.shape[-2:] != pixels.shape[-2:]:
             maps = F.interpolate(maps, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
         return maps

@@ -1,6 +1,6 @@
 """Evaluation protocols, independent of the method, each known by one name to every command.
 
-`synseg` (5 views at the backbone's size, the paper's), `whole` (one view), `slide` (SCLIP's and NACLIP's 336/224/112)
+`quadrants` (the whole image and its 4 quadrants at the backbone's size, the paper's), `whole` (the whole image alone), `slide` (SCLIP's and NACLIP's 336/224/112)
 and `slide-tcl` (TCL's and ClearCLIP's 448/448/224); `slide:S/W/T` for any short side, window and stride.
 """
 from __future__ import annotations
@@ -11,14 +11,15 @@ from synseg.protocols.slide import Slide
 from synseg.protocols.views import Views
 
 SLIDE_PRESETS = {"slide": (336, 224, 112), "slide-tcl": (448, 448, 224)}
-PROTOCOL_NAMES = ("synseg", "whole", *SLIDE_PRESETS)
+PROTOCOL_NAMES = ("quadrants", "whole", *SLIDE_PRESETS)
+DEFAULT_PROTOCOL = "quadrants"
 
 
-def build_protocol(text: str, pamr: bool = False, views: int | None = None) -> Protocol:
-    """A protocol by name; `views` (1 or 5) is the synseg protocol's view count (`--views`), 1 being `whole`."""
+def build_protocol(text: str, pamr: bool = False) -> Protocol:
+    """A protocol by name (PROTOCOL_NAMES, or slide:SHORT/WINDOW/STRIDE); unknown names raise UserError."""
     name, _, spec = text.strip().lower().partition(":")
-    if name == "synseg" and not spec:
-        return Views(views or 5, pamr)
+    if name == "quadrants" and not spec:
+        return Views(5, pamr)
     if name == "whole" and not spec:
         return Views(1, pamr)
     if name == "slide" and spec:
@@ -34,11 +35,12 @@ def build_protocol(text: str, pamr: bool = False, views: int | None = None) -> P
     raise UserError(f"unknown protocol '{text}' (choose from {', '.join(PROTOCOL_NAMES)}, or slide:SHORT/WINDOW/STRIDE)")
 
 
-def parse_protocols(text: str, pamr: bool = False, views: int | None = None) -> list[Protocol]:
+def parse_protocols(text: str, pamr: bool = False) -> list[Protocol]:
+    """A comma-separated list of protocols, duplicates dropped."""
     parts = [part.strip() for part in text.split(",")]
     if not all(parts):
         raise UserError("protocol must be a comma-separated list with no empty entries")
-    return [build_protocol(part, pamr, views) for part in dict.fromkeys(parts)]
+    return [build_protocol(part, pamr) for part in dict.fromkeys(parts)]
 
 
-__all__ = ["PROTOCOL_NAMES", "Protocol", "Slide", "Views", "build_protocol", "parse_protocols"]
+__all__ = ["DEFAULT_PROTOCOL", "PROTOCOL_NAMES", "Protocol", "Slide", "Views", "build_protocol", "parse_protocols"]

@@ -6,25 +6,27 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
+from synseg.encoding import EncodedViews, ImageEncoding
+
 
 class Protocol(ABC):
-    """Image [3, H, W] in [0, 1] -> per-label probabilities [K, H, W], for any dense predictor (SynSeg or a
-    training-free method). The views of the last image are kept, so that several methods on one backbone asked about
-    the same image tensor get the same view tensor (and share CLIP's forward where they can)."""
+    """Image -> per-label probabilities [K, H, W] at the image's resolution, for any dense predictor (SynSeg or a
+    training-free method). The views are cut once per image and backbone and kept in the `ImageEncoding`, so methods
+    on one backbone asked about one encoding share them and CLIP's pass over them."""
 
     name: str = ""
     pamr: bool = False
 
-    def __init__(self) -> None:
-        self._last: tuple | None = None
-
-    def prepared(self, image: torch.Tensor, backbone, make) -> torch.Tensor:
-        if self._last is None or self._last[0] is not image or self._last[1] is not backbone:
-            self._last = (image, backbone, make())
-        return self._last[2]
+    def views(self, encoding: ImageEncoding, backbone) -> EncodedViews:
+        """The views of `encoding` for `backbone`, cut on first use (`cut`)."""
+        return encoding.views(self.name, backbone, lambda: self.cut(encoding.image, backbone))
 
     @abstractmethod
-    def maps(self, predictor, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def cut(self, image: torch.Tensor, backbone) -> EncodedViews:
+        """[3, H, W] image in [0, 1] -> its normalised views on the backbone's device, with their layout."""
+
+    @abstractmethod
+    def maps(self, predictor, encoding: ImageEncoding, text: torch.Tensor) -> torch.Tensor:
         """[K, H, W] probabilities of the K embedded labels at the image's own resolution."""
 
     @abstractmethod

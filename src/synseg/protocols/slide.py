@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from synseg.encoding import EncodedViews, ImageEncoding
 from synseg.protocols.pamr import pamr
 from synseg.protocols.base import Protocol
 
@@ -37,7 +38,6 @@ def window_boxes(height: int, width: int, window: int, stride: int) -> list[tupl
 
 class Slide(Protocol):
     def __init__(self, short: int, window: int, stride: int, pamr: bool = False, name: str = "slide") -> None:
-        super().__init__()
         if min(short, window, stride) < 1:
             raise ValueError(f"short side, window and stride must be positive, got {short}, {window}, {stride}")
         self.short, self.window, self.stride, self.pamr, self.name = short, window, stride, pamr, name
@@ -48,8 +48,8 @@ class Slide(Protocol):
     def view_count(self, height: int, width: int) -> int:
         return len(window_boxes(*resized_size(height, width, self.short), self.window, self.stride))
 
-    def windows(self, image: torch.Tensor, backbone) -> tuple[torch.Tensor, list, tuple[int, int]]:
-        """Normalised windows [N, 3, w, w] (padded to the patch size), their boxes and the resized image's size."""
+    def cut(self, image: torch.Tensor, backbone) -> EncodedViews:
+        """Normalised windows [N, 3, w, w] (padded to the patch size); layout: their boxes and the resized image's size."""
         size = resized_size(*image.shape[-2:], self.short)
         image = image[None].to(backbone.device)
         if size != tuple(image.shape[-2:]):  # cv2's bilinear resize, as mmcv's: no antialiasing
@@ -60,19 +60,18 @@ class Slide(Protocol):
         patch = backbone.patch_size
         pad_h, pad_w = -crops.shape[-2] % patch, -crops.shape[-1] % patch
         crops = F.pad(crops, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-        return crops, boxes, size
+        return EncodedViews(crops, backbone, (boxes, size))
 
     @torch.inference_mode()
-    def maps(self, predictor, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        backbone = predictor.backbone
-        crops, boxes, size = self.prepared(image, backbone, lambda: self.windows(image, backbone))
-        logits = predictor.logits(crops, text).float()
+    def maps(self, predictor, encoding: ImageEncoding, text: torch.Tensor) -> torch.Tensor:
+        windows = self.views(encoding, predictor.backbone)
+        boxes, size = windows.layout
+        logits = predictor.logits(windows, text).float()
         if self.pamr:
-            logits = pamr(crops, logits)
+            logits = pamr(windows.pixels, logits)
         averaged = average_windows(logits, boxes, size)[None]
-        full = F.interpolate(averaged, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        full = F.interpolate(averaged, size=encoding.size, mode="bilinear", align_corners=False)
         return predictor.activate(full)[0]
-
 
 
 def average_windows(windows: torch.Tensor, boxes: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:

@@ -1,9 +1,10 @@
-"""The SynSeg paper's protocol (METHOD.md 5): the whole image and its four quadrants, each at the backbone's input size,
-probabilities stitched back and averaged; `whole` is its first view alone."""
+"""`quadrants`, the SynSeg paper's protocol (METHOD.md 5): the whole image and its four quadrants, each at the
+backbone's input size, probabilities stitched back and averaged; `whole` is its first view alone."""
 from __future__ import annotations
 
 import torch
 
+from synseg.encoding import EncodedViews, ImageEncoding
 from synseg.protocols.pamr import pamr
 from synseg.protocols.base import Protocol, resize
 
@@ -37,26 +38,25 @@ def stitch_views(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class Views(Protocol):
-    """5 views (`synseg`) or 1 (`whole`) at the backbone's input size; with PAMR, each view's maps are refined first."""
+    """5 views (`quadrants`) or 1 (`whole`) at the backbone's input size; with PAMR, each view's maps are refined first."""
 
     def __init__(self, views: int = 5, pamr: bool = False) -> None:
-        super().__init__()
         if views not in (1, 5):
             raise ValueError(f"views must be 1 or 5, got {views}")
-        self.views, self.pamr = views, pamr
-        self.name = "synseg" if views == 5 else "whole"
+        self.views_per_image, self.pamr = views, pamr
+        self.name = "quadrants" if views == 5 else "whole"
 
     def view_count(self, height: int, width: int) -> int:
-        return 1 if min(height, width) < 2 else self.views
+        return 1 if min(height, width) < 2 else self.views_per_image
+
+    def cut(self, image: torch.Tensor, backbone) -> EncodedViews:
+        views = self.view_count(*image.shape[-2:])
+        return EncodedViews(backbone.normalize(make_views(image, backbone.image_size, views).to(backbone.device)), backbone)
 
     @torch.inference_mode()
-    def maps(self, predictor, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        backbone = predictor.backbone
-        height, width = image.shape[-2:]
-        views = self.view_count(height, width)
-        pixels = self.prepared(image, backbone,
-                               lambda: backbone.normalize(make_views(image, backbone.image_size, views).to(backbone.device)))
-        maps = predictor.activation_maps(pixels, text).float()
+    def maps(self, predictor, encoding: ImageEncoding, text: torch.Tensor) -> torch.Tensor:
+        views = self.views(encoding, predictor.backbone)
+        maps = predictor.activation_maps(views, text).float()
         if self.pamr:
-            maps = pamr(pixels, maps).clamp_(0, 1)
-        return stitch_views(maps, (height, width)).clamp_(0, 1)
+            maps = pamr(views.pixels, maps).clamp_(0, 1)
+        return stitch_views(maps, encoding.size).clamp_(0, 1)

@@ -2,29 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from synseg.config import check, check_templates, finite, from_dict, merged, positive_int
+from synseg.config import check, check_templates, finite, from_dict, merged, positive_int, read_json
 from synseg.errors import UserError
 from synseg.train.losses import LossConfig
 from synseg.models.synseg import SynSegConfig
 
-# Named starting points for `synseg train --recipe`, laid under a --config file. The dataclasses' own defaults are the
-# paper's literal reading; "measured" is the best recipe the synthetic world has evidence for (docs/world.md): FSS
-# pools with CLIP's own class-token attention masked by each map (the paper's text-conditioned features let the text
-# leak into fg, and frozen tokens pooled behind a trained projector sit on a plateau for hundreds of steps), maps of
-# phrases the caption does not name are trained towards 0 and each named phrase's strongest eighth of the tokens towards 1 (without
-# that anchor the maps' scale drifts and classes lose calibration against each other; 8 of 64 is about a median thing of
-# the world, and 4 left the maps covering less of each thing), both at a tenth of L1's weight
-# (at L1's weight they keep L1 on a plateau for its first ~150 steps), and L2-L4, which destroyed the maps in every
-# setting measured, are off.
-RECIPES: dict[str, dict] = {
-    "measured": {
-        "model": {"pool_source": "attention"},
-        "loss": {"intra_separate": 0.0, "inter_background": 0.0, "inter_foreground": 0.0,
-                 "absent_suppress": 0.1, "absent_phrases": 4, "present_boost": 0.1, "present_share": 0.125},
-    },
-    "paper": {},
-}
+# Named starting points for `synseg train --recipe`, laid under a --config file: recipes/NAME.json, TrainConfig fields.
+# The dataclasses' own defaults are the paper's literal reading ("paper"); "measured" is the best recipe the synthetic
+# world has evidence for (docs/training.md and docs/world.md say why each of its settings).
+RECIPES_DIR = Path(__file__).with_name("recipes")
+RECIPES: dict[str, dict] = {path.stem: read_json(path, "recipe") for path in sorted(RECIPES_DIR.glob("*.json"))}
 DEFAULT_RECIPE = "measured"
 
 

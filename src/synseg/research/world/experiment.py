@@ -1,8 +1,10 @@
-"""The synthetic-world experiment: the real pipeline (`phrases`, `train`, `eval`) on a world with known ground truth,
-for SynSeg, its loss ablations, the MaskCLIP baseline, a supervised upper bound and chance, over several seeds.
+"""The synthetic-world experiment: the real pipeline (phrase mining, caption training, scoring) on a world with known
+ground truth, for SynSeg, its loss ablations, every training-free method, a supervised upper bound and chance, over
+several seeds.
 
-Every step calls the same `synseg` commands a user runs (in-process, to skip interpreter start-up); only the
-supervised upper bound, which needs ground-truth masks that captions do not give, has a loop of its own.
+It calls the library's own functions (the ones `synseg phrases`, `train` and `eval` call); only the supervised upper
+bound, which needs ground-truth masks that captions do not give, has a loop of its own. The rows are data
+(`rows.json`); configs of runs and their committed reports live outside the package (configs/world, results/world).
 """
 from __future__ import annotations
 
@@ -21,61 +23,33 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from synseg.checkpoint import load_model, save_model
-from synseg.cli import main as synseg
-from synseg.config import from_dict, merged, write_json
+from synseg.checkpoint import save_model
+from synseg.config import from_dict, merged, read_json, write_json
 from synseg.data.benchmarks import get_benchmark
 from synseg.data.benchmarks.base import IGNORE_INDEX
 from synseg.errors import UserError
-from synseg.eval.evaluator import segmenter_predict
-from synseg.methods import TRAINING_FREE, build_training_free, parse_method, training_free_methods
+from synseg.eval.evaluator import SampleInput, segmenter_predict
 from synseg.eval.metric import ConfusionMatrix
 from synseg.io import atomic_path
+from synseg.methods import REGISTRY, build_predictor, list_methods
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
-from synseg.models.backbone import ClipBackbone
 from synseg.predictor import Segmenter
 from synseg.synthetic import WORLD_CLIP
 from synseg.synthetic.world import CLASSES, SEEN_THINGS, STUFF, THINGS, UNSEEN_THINGS, write_split
-from synseg.train.config import RECIPES, TrainConfig
+from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 
-L2_L4_OFF = {"intra_separate": 0.0, "inter_background": 0.0, "inter_foreground": 0.0}
-FOUR_TERMS = {"intra_separate": 0.1, "inter_background": 0.1, "inter_foreground": 0.1}
-# The default recipe's two weak image-level terms (absent and present), shared by every caption-trained row that does
-# not turn them off.
-WEAK_TERMS = {name: value for name, value in RECIPES["measured"]["loss"].items() if name.startswith(("absent", "present"))}
-WEAK_OFF = {"absent_suppress": 0.0, "present_boost": 0.0}
-# The best variant with all four terms pools the frozen CLIP tokens behind a trained projector: with attention pooling
-# (the shared setting) L2 and L4 are out of reach in CLIP's joint space and every map collapses (docs/world.md).
-TOKEN_POOLING = {"pool_source": "backbone", "pool_divisor": "tokens"}
-DEFAULT_ROW = "L1 + absent + present terms (synseg train's default recipe)"
-TRAINING_FREE_ROWS = tuple(f"{TRAINING_FREE[name][0].title} (training-free)" for name in training_free_methods())
-# Each row of the table. Trained rows hold "model", "decoder", "loss" and "train" overrides of the shared setting
-# (WorldConfig's `model`, `decoder` and `train`); {"method": NAME} is a training-free method of `synseg eval` on the
-# world CLIP; "supervised" trains the decoder on ground-truth masks; "chance" scores uniformly random labels.
-ROWS: dict[str, dict] = {
-    "SynSeg as stated (paper pooling, L1-L4)": {"model": {"pool_source": "conditional", "pool_divisor": "activation"},
-                                                "loss": WEAK_OFF},
-    "SynSeg, token pooling, L2-L4 at 0.1 (best four-term)": {"model": TOKEN_POOLING, "loss": FOUR_TERMS},
-    **{f"w/o {term}": {"model": TOKEN_POOLING, "loss": {**FOUR_TERMS, name: 0.0}} for term, name in
-       (("L1", "intra_align"), ("L2", "intra_separate"), ("L3", "inter_background"), ("L4", "inter_foreground"))},
-    "L1 alone": {"loss": {**L2_L4_OFF, **WEAK_OFF}},
-    "L1 + absent term": {"loss": {**L2_L4_OFF, "present_boost": 0.0}},
-    DEFAULT_ROW: {"loss": L2_L4_OFF},
-    **{title: {"method": name} for title, name in zip(TRAINING_FREE_ROWS, training_free_methods())},
-    # CLIPSeg's dropout: without it the mask-trained decoder scored 48.8 on seen things, with it 54.2 (docs/world.md).
-    # Negatives from the training vocabulary (seen things and stuff), as a caption-trained model meets them; the
-    # former row drew them from all 42 classes, so it was trained to reject the held-out texts.
-    "Supervised decoder (upper bound)": {"supervised": True, "decoder": {"dropout": 0.1}, "negatives": "training"},
-    "Supervised decoder, negatives from all 42 classes (held-out texts included)": {
-        "supervised": True, "decoder": {"dropout": 0.1}, "negatives": "all"},
-    "Chance (uniform random labels)": {"chance": True},
-}
-
-
-# The table `synseg world` runs by default: the default recipe against every training-free method, the supervised
-# decoder and chance. The loss ablations are configs of their own (benchmarks/world/loss-ablations.json).
-TABLE_ROWS = (DEFAULT_ROW, *TRAINING_FREE_ROWS, "Supervised decoder (upper bound)",
-              "Supervised decoder, negatives from all 42 classes (held-out texts included)", "Chance (uniform random labels)")
+ROWS_FILE = Path(__file__).with_name("rows.json")
+_ROWS_DATA = read_json(ROWS_FILE, "world rows")
+EVERY_TRAINING_FREE = "training-free methods"  # in rows.json's table: one row per registered training-free method
+TRAINING_FREE_ROWS = {f"{REGISTRY[name].title} (training-free)": name for name in list_methods("training-free")}
+# Each row of the table: rows.json's, and {"method": NAME} for every training-free method on the world CLIP.
+ROWS: dict[str, dict] = {**_ROWS_DATA["rows"], **{title: {"method": name} for title, name in TRAINING_FREE_ROWS.items()}}
+DEFAULT_ROW = _ROWS_DATA["table"][0]
+# The table `synseg world` runs by default (rows.json's "table"); the loss ablations are configs of their own.
+TABLE_ROWS = tuple(name for entry in _ROWS_DATA["table"]
+                   for name in (TRAINING_FREE_ROWS if entry == EVERY_TRAINING_FREE else (entry,)))
+# The default recipe's two weak image-level terms (absent and present): the shared setting of every caption-trained row.
+WEAK_TERMS = {name: value for name, value in RECIPES[DEFAULT_RECIPE]["loss"].items() if name.startswith(("absent", "present"))}
 
 
 # every caption-trained row's TrainConfig fields; fp32 on any device, as every other row runs (and as measured on CPUs)
@@ -101,15 +75,14 @@ class WorldConfig:
     # no dropout: on CPU its Bernoulli masks cost a third of a step (71-76 samples/s per process without, 47-51 with),
     # and the default recipe scored within its seeds' spread either way (docs/world.md)
     decoder: dict = field(default_factory=lambda: {"ffn_dim": 256, "dropout": 0.0})
-    model: dict = field(default_factory=lambda: copy.deepcopy(RECIPES["measured"]["model"]))  # SynSegConfig overrides
-    views: int = 1  # 64-px scenes: quadrant views would only upsample 32-px crops
+    model: dict = field(default_factory=lambda: copy.deepcopy(RECIPES[DEFAULT_RECIPE]["model"]))  # SynSegConfig overrides
+    protocol: str = "whole"  # 64-px scenes: quadrant views would only upsample 32-px crops
 
     def row(self, name: str) -> dict:
         return {**ROWS, **self.rows}[name]
 
 
-QUICK = {"train_scenes": 600, "test_scenes": 80, "seeds": (0,),
-         "variants": (DEFAULT_ROW, "MaskCLIP (training-free)", "Chance (uniform random labels)"),
+QUICK = {"train_scenes": 600, "test_scenes": 80, "seeds": (0,), "variants": tuple(_ROWS_DATA["quick"]),
          "train": {**TRAIN, "iterations": 300}}
 
 
@@ -127,12 +100,6 @@ def build_world(config: WorldConfig, root: Path) -> tuple[Path, Path]:
     if not (test / "classes.txt").exists():
         write_split(test, config.test_scenes, config.world_seed + 10_000, "test", config.scene_size, config.backdrop)
     return train, test
-
-
-def run_command(argv: list[str]) -> None:
-    code = synseg(argv)
-    if code:
-        raise UserError(f"`synseg {' '.join(argv[:1])}` failed with exit code {code}")
 
 
 ROW_KEYS = {"model", "decoder", "loss", "train", "method", "supervised", "negatives", "chance"}
@@ -158,7 +125,9 @@ def check_rows(config: WorldConfig) -> None:
         if unknown:
             raise UserError(f"row {name!r}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(ROW_KEYS))})")
         if "method" in row:
-            parse_method(row["method"])
+            if REGISTRY.get(row["method"]) is None or not REGISTRY[row["method"]].training_free:
+                raise UserError(f"row {name!r}: {row['method']!r} is not a training-free method "
+                                f"({', '.join(TRAINING_FREE_ROWS.values())} are)")
         elif row.get("supervised"):
             if row.get("negatives") not in ("training", "all"):
                 raise UserError(f"row {name!r}: negatives must be 'training' or 'all'")
@@ -168,14 +137,19 @@ def check_rows(config: WorldConfig) -> None:
 
 
 def train_variant(config: WorldConfig, row: dict, seed: int, data: Path, phrases: Path, out: Path, cache: Path) -> Path:
+    """A caption-trained row's checkpoint, trained as `synseg train` trains (a killed run resumes)."""
+    from synseg.train.trainer import FINAL, LAST, Trainer
+
     train = train_config(config, row, seed)
-    if not (out / "final" / "model.safetensors").exists():
+    if not (out / FINAL / "model.safetensors").exists():
         out.mkdir(parents=True, exist_ok=True)
         write_json(asdict(train), out / "train.json")
-        resume = ["--resume"] if (out / "last").exists() else []
-        run_command(["train", "--data", str(data), "--phrases", str(phrases), "--out", str(out),
-                     "--config", str(out / "train.json"), "--cache", str(cache), *resume])
-    return out / "final"
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        trainer = Trainer(train, str(data), str(phrases), out, device, cache=str(cache))
+        if (out / LAST).exists():
+            trainer.resume()
+        trainer.fit()
+    return out / FINAL
 
 
 def train_supervised(config: WorldConfig, row: dict, seed: int, data: Path, out: Path) -> Path:
@@ -233,11 +207,13 @@ def train_supervised(config: WorldConfig, row: dict, seed: int, data: Path, out:
 
 def scene_counts(benchmark, predict) -> np.ndarray:
     """[scenes, 3, K] per test scene: each class's intersection, ground-truth and predicted pixels. Their sums over
-    any set of scenes give its per-class IoU, so resampling scenes gives bootstrap intervals."""
+    any set of scenes give its per-class IoU, so resampling scenes gives bootstrap intervals. `predict`: SampleInput
+    -> label map, as `synseg.eval.evaluator.evaluate` takes."""
     counts = []
     for sample in tqdm(benchmark.samples, desc="scoring", unit="scene", file=sys.stderr):
         truth = benchmark.read_label(sample.label_path)
-        counts.append(scene_totals(predict(sample, truth.shape), truth, benchmark.num_classes(), benchmark.ignore_index))
+        prediction = predict(SampleInput(sample, truth.shape))
+        counts.append(scene_totals(prediction, truth, benchmark.num_classes(), benchmark.ignore_index))
     return np.stack(counts)
 
 
@@ -256,12 +232,10 @@ def evaluate_row(config: WorldConfig, test: Path, out: Path, checkpoint: Path | 
         return np.load(out)
     benchmark = get_benchmark("folder", test)
     if checkpoint is not None:
-        predictor = load_model(checkpoint)
+        predictor = build_predictor("synseg", checkpoint=str(checkpoint))
     else:
-        backbone = ClipBackbone(BackboneConfig(WORLD_CLIP, config.clip))
-        backbone = backbone.to("cuda" if torch.cuda.is_available() else "cpu")
-        predictor = build_training_free(method, backbone).eval()
-    counts = scene_counts(benchmark, segmenter_predict(Segmenter(predictor), benchmark, views=config.views))
+        predictor = build_predictor(method, backbone=WORLD_CLIP, pretrained=config.clip)
+    counts = scene_counts(benchmark, segmenter_predict(Segmenter(predictor, config.protocol), benchmark))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as handle:
@@ -273,7 +247,7 @@ def chance_counts(test: Path, seed: int) -> np.ndarray:
     """Uniformly random labels, scored by the same metric: what 'no learning' looks like."""
     benchmark = get_benchmark("folder", test)
     rng = np.random.default_rng(seed)
-    return scene_counts(benchmark, lambda sample, size: rng.integers(0, benchmark.num_classes(), size))
+    return scene_counts(benchmark, lambda item: rng.integers(0, benchmark.num_classes(), item.shape))
 
 
 def per_class_iou(totals: np.ndarray) -> dict[str, float | None]:
@@ -333,6 +307,14 @@ def row_counts(config: WorldConfig, out: Path, seed: int, name: str) -> np.ndarr
     return evaluate_row(config, test, folder / "counts.npy", train_variant(config, row, seed, train, phrases, folder, cache))
 
 
+def mine_phrases(data: Path, out: Path) -> None:
+    """The noun phrases of the training captions, as `synseg phrases` writes them with its defaults."""
+    from synseg.data.captions import CaptionSource
+    from synseg.data.phrases import PhraseConfig, PhraseExtractor, write_phrases
+
+    write_phrases(CaptionSource(str(data)), out, PhraseExtractor(PhraseConfig()))
+
+
 def cell_cost(row: dict) -> int:
     """A row's rank by the time one of its cells takes: 0 only evaluates (training-free methods, chance), 1 trains on
     captions, 2 trains the supervised decoder (its batches hold every class present plus as many absent ones)."""
@@ -363,7 +345,7 @@ def run_experiment(config: WorldConfig, out: Path, jobs: int = 1) -> dict:
     train, _ = build_world(config, out / "world")
     phrases = out / "phrases.jsonl"
     if not phrases.exists():
-        run_command(["phrases", str(train), "--out", str(phrases)])
+        mine_phrases(train, phrases)
     cells = sorted(((seed, name) for seed in config.seeds for name in config.variants),
                    key=lambda cell: -cell_cost(rows[cell[1]]))
     trained = sum(cell_cost(rows[name]) > 0 for _, name in cells)
