@@ -139,8 +139,8 @@ class Check:
         rows = {}
         for precision in ("fp32", "bf16"):
             path = self.out / f"bench-{precision}.json"
-            run([*SYNSEG, "bench", "--device", self.args.device, "--backbone", backbone, "--methods", "synseg",
-                 "--views", "1,5", "--classes", "21,150", "--precision", precision, "--image-size", size,
+            run([*SYNSEG, "bench", "--device", self.args.device, "--backbone", backbone, "--method", "synseg",
+                 "--protocol", "whole,quadrants", "--classes", "21,150", "--precision", precision, "--image-size", size,
                  "--repeats", "3", "--json", str(path)], timeout=240)
             for row in json.loads(path.read_text())["rows"]:
                 rows[f"{precision} {row['views']}v {row['classes']}c"] = {

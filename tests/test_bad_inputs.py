@@ -143,7 +143,7 @@ def test_every_command_refuses_an_output_file_that_is_a_folder(tmp_path, capsys,
     commands = {
         "eval": ["--benchmark", "folder", "--root", str(root), "--predictions", str(preds), "--json", str(taken)],
         "viz": ["overlay", str(root / "JPEGImages" / "a.jpg"), "--labels", "cat", "--out", str(taken), *TINY],
-        "bench": [*TINY, "--methods", "synseg", "--json", str(taken)],
+        "bench": [*TINY, "--method", "synseg", "--json", str(taken)],
     }
     for command, argv in commands.items():
         assert_error(*answer(capsys, [command, *argv]), command, "is a folder")
@@ -636,8 +636,8 @@ def test_training_on_unreadable_images_stops_with_an_error(train_data, tmp_path)
 
 # -- bench and info -------------------------------------------------------------------------------------------------
 def test_bench_refuses_sizes_and_outputs_before_measuring(tmp_path, capsys):
-    assert_error(*answer(capsys, ["bench", *TINY, "--image-size", "100000x100000", "--methods", "synseg"]), "bench",
+    assert_error(*answer(capsys, ["bench", *TINY, "--image-size", "100000x100000", "--method", "synseg"]), "bench",
                  "above synseg's limit")
     (tmp_path / "dir").mkdir()
-    assert_error(*answer(capsys, ["bench", *TINY, "--methods", "synseg", "--json", str(tmp_path / "dir")]), "bench",
+    assert_error(*answer(capsys, ["bench", *TINY, "--method", "synseg", "--json", str(tmp_path / "dir")]), "bench",
                  "is a folder")

@@ -7,19 +7,21 @@ import json
 import pytest
 import torch
 
-from synseg.research.speed.bench import TensorMemory, count_flops
+from synseg.research.speed.flops import count_flops
+from synseg.research.speed.memory import TensorMemory
 from synseg.cli import main
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 METHODS = "synseg,clipseg,maskclip" if HAS_TRANSFORMERS else "synseg,maskclip"
-ROW_KEYS = {"method", "device", "views", "classes", "latency_ms", "fps", "peak_mem_mb", "flop_bound_ms"}
+ROW_KEYS = {"method", "device", "protocol", "views", "classes", "latency_ms", "fps", "peak_mem_mb", "flop_bound_ms"}
+VIEWS = {"whole": 1, "quadrants": 5}  # each view protocol's view count
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    code = main(["bench", "--backbone", "synseg-tiny", "--device", "cpu", "--views", "1,5", "--classes", "1,3",
-                 "--methods", METHODS, "--repeats", "1", "--image-size", "96x64", "--json", str(path),
+    code = main(["bench", "--backbone", "synseg-tiny", "--device", "cpu", "--protocol", "whole,quadrants", "--classes", "1,3",
+                 "--method", METHODS, "--repeats", "1", "--image-size", "96x64", "--json", str(path),
                  "--max-call-seconds", "1000"])  # every row, also on a loaded machine (the cap is for real backbones)
     assert code == 0
     return json.loads(path.read_text())
@@ -28,8 +30,8 @@ def report(tmp_path_factory):
 def test_json_rows_have_the_schema_and_sane_values(report):
     methods = METHODS.split(",")
     rows = report["rows"]
-    assert {(r["method"], r["views"], r["classes"]) for r in rows} == {
-        (m, v, k) for m in methods for v in (1, 5) for k in (1, 3)}
+    assert {(r["method"], r["protocol"], r["views"], r["classes"]) for r in rows} == {
+        (m, p, v, k) for m in methods for p, v in VIEWS.items() for k in (1, 3)}
     for row in rows:
         assert ROW_KEYS <= set(row)
         assert row["device"] == "cpu"
@@ -37,18 +39,21 @@ def test_json_rows_have_the_schema_and_sane_values(report):
         assert row["fps"] == pytest.approx(1000.0 / row["latency_ms"])
         assert 0 < row["model_ms"] <= row["latency_ms"]
     assert "random weights" in report["note"]
+    assert report["settings"]["protocols"] == ["whole", "quadrants"]
     assert report["machine"]["fp32_gflops"] > 0
 
 
 def test_ratios_and_class_growth_are_computed_from_the_rows(report):
-    rows = {(r["method"], r["views"], r["classes"]): r for r in report["rows"]}
+    rows = {(r["method"], r["protocol"], r["classes"]): r for r in report["rows"]}
     peers = [m for m in METHODS.split(",") if m != "synseg"]
-    assert {(r["peer"], r["views"], r["classes"]) for r in report["ratios"]} == {
-        (p, v, k) for p in peers for v in (1, 5) for k in (1, 3)}
+    assert {(r["peer"], r["protocol"], r["views"], r["classes"]) for r in report["ratios"]} == {
+        (m, p, v, k) for m in peers for p, v in VIEWS.items() for k in (1, 3)}
     for ratio in report["ratios"]:
-        key = (ratio["views"], ratio["classes"])
+        key = (ratio["protocol"], ratio["classes"])
         expected = rows[(ratio["peer"], *key)]["latency_ms"] / rows[("synseg", *key)]["latency_ms"]
         assert ratio["peer_over_synseg"] == pytest.approx(expected)
+    assert {(g["method"], g["protocol"], g["views"], tuple(g["classes"])) for g in report["class_growth"]} == {
+        (m, p, v, (1, 3)) for m in METHODS.split(",") for p, v in VIEWS.items()}
 
 
 def test_flop_bounds_are_the_counted_flops_over_the_measured_rate(report, tiny_model):
@@ -59,8 +64,8 @@ def test_flop_bounds_are_the_counted_flops_over_the_measured_rate(report, tiny_m
         counted = count_flops(tiny_model, row["views"], row["classes"]) / 1e9
         assert row["flop_bound_ms"] == pytest.approx(counted / rate, rel=1e-6)
     per_class = (count_flops(tiny_model, 5, 3) - count_flops(tiny_model, 5, 1)) / 2 / 1e9
-    growth = {(g["method"], g["views"]): g for g in report["class_growth"]}
-    assert growth[("synseg", 5)]["flop_bound_ms_per_class"] == pytest.approx(per_class / rate, rel=1e-6)
+    growth = {(g["method"], g["protocol"]): g for g in report["class_growth"]}
+    assert growth[("synseg", "quadrants")]["flop_bound_ms_per_class"] == pytest.approx(per_class / rate, rel=1e-6)
 
 
 @pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers (extra 'bench') not installed")
@@ -98,9 +103,10 @@ def test_tensor_memory_counts_live_tensors_not_freed_ones():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--views", "3"], "--views 3 is not allowed"),
+    (["--protocol", "thirds"], "unknown protocol 'thirds'"),
+    (["--protocol", "whole,"], "--protocol must be a comma-separated list with no empty entries"),
     (["--classes", "a"], "--classes must be comma-separated integers"),
-    (["--methods", "synseg,tcl"], "unknown method 'tcl'"),
+    (["--method", "synseg,tcl"], "unknown method 'tcl'"),
     (["--image-size", "big"], "--image-size must look like 512x512"),
 ])
 def test_bad_arguments_fail_in_one_line(argv, message, capsys):
@@ -142,7 +148,7 @@ def test_inference_path_computes_what_the_reference_modules_compute(tiny_model):
 
 def test_profile_names_the_operators_that_take_the_time_without_native_log_noise(tmp_path, capfd):
     path = tmp_path / "bench.json"
-    assert main(["bench", "--backbone", "synseg-tiny", "--views", "1", "--classes", "3", "--methods", "synseg",
+    assert main(["bench", "--backbone", "synseg-tiny", "--protocol", "whole", "--classes", "3", "--method", "synseg",
                  "--repeats", "1", "--image-size", "64x64", "--profile", "--json", str(path)]) == 0
     out, err = capfd.readouterr()
     profile = json.loads(path.read_text())["rows"][0]["profile"]
@@ -158,9 +164,9 @@ def test_profile_names_the_operators_that_take_the_time_without_native_log_noise
 def test_the_profiled_call_counts_in_neither_latency_nor_model_time(monkeypatch, tiny_model):
     import time
 
-    from synseg.research.speed import bench
+    from synseg.research.speed import methods, run
 
-    slow, synchronize, clock, lost = [], bench.synchronize, time.perf_counter, [0.0]
+    slow, synchronize, clock, lost = [], run.synchronize, time.perf_counter, [0.0]
 
     def slow_synchronize(device):  # the predictor's own clock stops after this: it inflates the profiled call only
         if slow:
@@ -175,9 +181,26 @@ def test_the_profiled_call_counts_in_neither_latency_nor_model_time(monkeypatch,
         slow.clear()
         return []
 
-    monkeypatch.setattr(bench, "synchronize", slow_synchronize)
-    monkeypatch.setattr(bench, "profile_call", fake_profile)
-    config = bench.BenchConfig(views=(1,), classes=(2,), methods=("synseg",), image_size=(32, 32), repeats=1, profile=True)
-    method = bench.build_methods(tiny_model, ("synseg",))[0]
-    row = bench.measure(method, bench.random_image(32, 32), 1, 2, config, 1.0)
+    monkeypatch.setattr(run, "synchronize", slow_synchronize)
+    monkeypatch.setattr(run, "profile_call", fake_profile)
+    config = run.BenchConfig(protocols=("whole",), classes=(2,), methods=("synseg",), image_size=(32, 32), repeats=1,
+                             profile=True)
+    method = methods.build_methods(tiny_model, ("synseg",))[0]
+    row = run.measure(method, run.random_image(32, 32), "whole", 2, config, 1.0)
     assert lost[0] > 0 and row.model_ms <= row.latency_ms < 1000 * 1e3
+
+
+def test_rows_carry_their_protocol_and_its_view_count(tiny_model):
+    """View protocols take their FLOPs from the per-view and per-class split; others count them on the call itself."""
+    from synseg.research.speed import methods, run
+
+    config = run.BenchConfig(protocols=("quadrants", "slide:64/32/32"), classes=(2,), methods=("synseg",),
+                             image_size=(64, 64), repeats=1)
+    method = methods.build_methods(tiny_model, ("synseg",))[0]
+    image = run.random_image(64, 64)
+    quadrants = run.measure(method, image, "quadrants", 2, config, 1.0)
+    assert (quadrants.protocol, quadrants.views) == ("quadrants", 5)
+    assert quadrants.gflops * 1e9 == pytest.approx(method.flops(5, 2))
+    slide = run.measure(method, image, "slide:64/32/32", 2, config, 1.0)
+    assert (slide.protocol, slide.views) == ("slide:64/32/32", 4)
+    assert slide.gflops > 0

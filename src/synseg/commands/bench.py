@@ -9,20 +9,22 @@ import sys
 
 import torch
 
-from synseg.research.speed.bench import METHODS, BenchConfig, format_report, run_bench
 from synseg.commands.common import add_model_arguments, add_precision_argument, build_model
 from synseg.errors import UserError
-from synseg.protocols import build_protocol
 from synseg.io import atomic_path, check_size, ensure_writable_file
+from synseg.research.speed import METHODS, BenchConfig, format_report, run_bench
+from synseg.research.speed.run import VIEW_PROTOCOLS, bench_protocol
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--views", default="1,5", help="comma-separated view counts, each 1 or 5 (default 1,5)")
-    parser.add_argument("--protocols", default="", metavar="NAME[,...]",
-                        help="further protocols to time for every method, e.g. slide,slide-tcl (default: none)")
+    parser.add_argument("--method", default=",".join(METHODS), metavar="NAME,...",
+                        help=f"which of {', '.join(METHODS)} (default: all)")
+    parser.add_argument("--protocol", default=",".join(VIEW_PROTOCOLS), metavar="NAME,...",
+                        help="protocols to time for every method: whole (the whole image alone), quadrants (the whole "
+                             "image + 4 quadrants, the paper's), slide, slide-tcl or slide:SHORT/WINDOW/STRIDE "
+                             f"(default {','.join(VIEW_PROTOCOLS)})")
     parser.add_argument("--classes", default="1,21,150", help="comma-separated numbers of classes (default 1,21,150)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"which of {', '.join(METHODS)} (default: all)")
     parser.add_argument("--image-size", default="512x512", metavar="WxH", help="test image size (default 512x512)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per row after a warm-up call (default 3)")
     parser.add_argument("--max-call-seconds", type=float, default=10.0,
@@ -35,23 +37,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the rows, ratios and machine figures here")
 
 
-def int_list(text: str, what: str, allowed: tuple[int, ...] | None = None) -> tuple[int, ...]:
+def int_list(text: str, what: str) -> tuple[int, ...]:
+    """'1,21,150' -> (1, 21, 150): distinct positive integers in the order given."""
     try:
         values = tuple(dict.fromkeys(int(v) for v in text.split(",")))
     except ValueError:
         raise UserError(f"{what} must be comma-separated integers, got '{text}'") from None
-    bad = [v for v in values if v < 1 or (allowed is not None and v not in allowed)]
+    bad = [v for v in values if v < 1]
     if bad:
-        raise UserError(f"{what} {bad[0]} is not allowed" + (f" (choose from {allowed})" if allowed else " (must be >= 1)"))
+        raise UserError(f"{what} {bad[0]} is not allowed (must be >= 1)")
     return values
 
 
 def protocol_names(text: str) -> tuple[str, ...]:
-    """Checked by building each once; the synseg and whole protocols are --views 5 and 1."""
-    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    """'whole,slide' -> ('whole', 'slide'): distinct protocol names in the order given, each checked by building it."""
+    names = tuple(dict.fromkeys(name.strip().lower() for name in text.split(",")))
+    if not all(names):
+        raise UserError(f"--protocol must be a comma-separated list with no empty entries, got '{text}'")
     for name in names:
-        if build_protocol(name).name in ("synseg", "whole"):
-            raise UserError(f"--protocols {name}: the synseg and whole protocols are --views 5 and --views 1")
+        bench_protocol(name)
     return names
 
 
@@ -68,7 +72,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    methods = tuple(dict.fromkeys(m.strip().lower() for m in args.methods.split(",")))
+    methods = tuple(dict.fromkeys(m.strip().lower() for m in args.method.split(",")))
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method '{unknown[0]}' (choose from {', '.join(METHODS)})")
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     config = BenchConfig(
-        views=int_list(args.views, "--views", (1, 5)), protocols=protocol_names(args.protocols), classes=int_list(args.classes, "--classes"), methods=methods,
+        protocols=protocol_names(args.protocol), classes=int_list(args.classes, "--classes"), methods=methods,
         image_size=parse_size(args.image_size), repeats=args.repeats, max_call_seconds=args.max_call_seconds,
         precision=args.precision, profile=args.profile,
     )
