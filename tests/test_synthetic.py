@@ -182,12 +182,12 @@ def test_a_backdrop_puts_a_second_named_stuff_above_the_horizon() -> None:
         make_scene(0, backdrop=1.5)
 
 
-WORLD_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "world").glob("*.json"))
+WORLD_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "world").glob("*.json"))
 
 
 @pytest.mark.parametrize("path", WORLD_CONFIGS, ids=lambda path: path.name)
 def test_every_shipped_world_config_makes_valid_rows(path) -> None:
-    """Each config under benchmarks/world loads as a WorldConfig whose every variant builds its training config."""
+    """Each config under configs/world loads as a WorldConfig whose every variant builds its training config."""
     from synseg.config import from_dict
     from synseg.research.world.experiment import WorldConfig, check_rows
 

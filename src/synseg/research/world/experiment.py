@@ -73,7 +73,7 @@ ROWS: dict[str, dict] = {
 
 
 # The table `synseg world` runs by default: the default recipe against every training-free method, the supervised
-# decoder and chance. The loss ablations are configs of their own (benchmarks/world/loss-ablations.json).
+# decoder and chance. The loss ablations are configs of their own (configs/world/loss-ablations.json).
 TABLE_ROWS = (DEFAULT_ROW, *TRAINING_FREE_ROWS, "Supervised decoder (upper bound)",
               "Supervised decoder, negatives from all 42 classes (held-out texts included)", "Chance (uniform random labels)")
 
