@@ -106,7 +106,7 @@ def probe(backbone: ClipBackbone, scenes: int = 1500, steps: int = 2000) -> dict
 
 def clip(path: Path) -> None:
     model = tiny_clip.create(path).float()
-    for name, max_things, backdrop in (("as trained (1-3 things)", tiny_clip.TrainConfig.max_things, 0.0),
+    for name, max_things, backdrop in (("as trained (1-3 things)", tiny_clip.WorldClipConfig.max_things, 0.0),
                                        ("the experiment's world (1-5 things, backdrops)", MAX_THINGS, WorldConfig.backdrop)):
         accuracy = tiny_clip.zero_shot(model, max_things=max_things, backdrop=backdrop)
         print(f"zero-shot, {name}: largest thing seen {accuracy['things_seen']:.1%} (n={accuracy['n_things_seen']}), "
