@@ -9,14 +9,11 @@ from synseg.train.losses import LossConfig
 from synseg.models.synseg import SynSegConfig
 
 # Named starting points for `synseg train --recipe`, laid under a --config file. The dataclasses' own defaults are the
-# paper's literal reading; "measured" is the best recipe the synthetic world has evidence for (docs/world.md): FSS
-# pools with CLIP's own class-token attention masked by each map (the paper's text-conditioned features let the text
-# leak into fg, and frozen tokens pooled behind a trained projector sit on a plateau for hundreds of steps), maps of
-# phrases the caption does not name are trained towards 0 and each named phrase's strongest eighth of the tokens towards 1 (without
-# that anchor the maps' scale drifts and classes lose calibration against each other; 8 of 64 is about a median thing of
-# the world, and 4 left the maps covering less of each thing), both at a tenth of L1's weight
-# (at L1's weight they keep L1 on a plateau for its first ~150 steps), and L2-L4, which destroyed the maps in every
-# setting measured, are off.
+# paper's literal reading; "measured" is the best recipe the synthetic world has evidence for: FSS pools with CLIP's
+# own class-token attention masked by each map (`pool_source: attention`), maps of phrases the caption does not name
+# are trained towards 0 (`absent_suppress`) and each named phrase's strongest eighth of the tokens towards 1
+# (`present_boost`, `present_share`), both at a tenth of L1's weight, and L2-L4 are off. docs/training.md gives the
+# measurements behind each choice, docs/world.md the runs.
 RECIPES: dict[str, dict] = {
     "measured": {
         "model": {"pool_source": "attention"},
@@ -39,8 +36,8 @@ class TrainConfig:
     warmup: int = 500
     seed: int = 42
     max_phrases: int = 8  # K: categories per image
-    # Phrases are embedded with one template: the 8-template ensemble costs 8 text-tower passes per phrase, more than
-    # the image encoder on a training batch. Inference keeps the ensemble (`model.templates`).
+    # Phrases are embedded with one template (one text-tower pass per phrase, where the ensemble takes one per
+    # template; docs/training.md). Inference keeps the ensemble (`model.templates`).
     phrase_templates: tuple[str, ...] = ("a photo of a {}.",)
     workers: int = 4  # data loader processes per rank; the data order depends on it, so resume with the same number
     resize: str = "stretch"  # "stretch" to SxS (as inference does) or "crop" (short side, centre crop)

@@ -39,9 +39,11 @@ TRAIN_STREAM, EVAL_STREAM, PATTERN_STREAM = 0, 1, 3
 
 @dataclass
 class WorldClipConfig:
-    """Defaults sized for two CPU cores (docs/world.md has the measured time). Scenes are drawn at the CLIP's input size
-    with up to `max_things` things: the world's denser scenes make captions long and the largest thing less salient,
-    and CLIP learns to name patterns faster from sparser ones."""
+    """How the world CLIP is trained (`train`): `steps` batches of `batch_size` pairs, in groups of `group` scenes
+    (one drawn, the others its hard negatives); AdamW at `lr` (`warmup` steps of warm-up, then cosine) with
+    `weight_decay`; scenes of 1 to `max_things` things drawn from `seed` at the CLIP's input size; `threads` torch
+    threads and `workers` loader processes. The defaults are sized for two CPU cores; docs/world.md gives the time and
+    why scenes are sparser than the experiment's."""
 
     steps: int = 1500
     batch_size: int = 128
