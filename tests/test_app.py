@@ -39,6 +39,7 @@ def test_page_offers_synseg_and_the_training_free_methods(client):
 def test_generated_scene_segments_with_legend_heat_maps_and_label_map(client, tmp_path):
     from gradio_client import handle_file
 
+    from synseg.render import enlargement
     from synseg.synthetic.world import CLASSES
 
     scene, labels = client.predict(api_name="/scene")
@@ -49,6 +50,10 @@ def test_generated_scene_segments_with_legend_heat_maps_and_label_map(client, tm
     shown = Image.open(overlay["path"])
     assert shown.height >= picture.height and shown.width > picture.width  # the legend is right of the image
     assert [caption for caption in (h["caption"] for h in heat_maps)] == list(CLASSES)
+    heat = np.asarray(Image.open(heat_maps[0]["image"]["path"]).convert("RGB"), dtype=np.int64)
+    factor = enlargement(picture.width, picture.height)
+    assert heat.shape[:2] == (picture.height * factor, picture.width * factor)  # enlarged as the overlay is
+    assert np.abs(heat - heat.mean(axis=2, keepdims=True)).max() <= 4  # render.heat_map's grey (sent as lossy webp)
     label_file, names_file = sorted(files, key=lambda f: f["path"].endswith(".json"))
     label_map = np.asarray(Image.open(label_file["path"]))
     assert label_map.shape == (picture.height, picture.width) and label_map.max() <= len(CLASSES)

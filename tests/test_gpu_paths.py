@@ -1,6 +1,6 @@
 """What only a GPU would show, checked on the CPU: the device each torchrun rank takes, caches that follow the model,
 RNG states of another machine, ranks that must skip a step together, and bf16 autocast's fp32 islands.
-(benchmarks/gpu_check.py runs the same paths on a real GPU.)"""
+(tools/gpu_check.py runs the same paths on a real GPU.)"""
 from __future__ import annotations
 
 import math

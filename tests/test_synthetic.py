@@ -140,7 +140,7 @@ def test_architecture_matches_the_brief() -> None:
 
 
 def test_tiny_clip_learns_and_checkpoint_loads_through_open_clip(tmp_path) -> None:
-    config = tiny_clip.TrainConfig(steps=40, batch_size=32, warmup=4, seed=1, threads=1, workers=0)
+    config = tiny_clip.WorldClipConfig(steps=40, batch_size=32, warmup=4, seed=1, threads=1, workers=0)
     stream = tiny_clip.PairStream(config, 64)
     pixels, tokens = stream.batch(0)
     assert pixels.shape == (32, 3, 64, 64) and tokens.shape == (32, 32)
@@ -148,7 +148,7 @@ def test_tiny_clip_learns_and_checkpoint_loads_through_open_clip(tmp_path) -> No
     threads = torch.get_num_threads()
     model, losses = tiny_clip.train(config, progress=False)
     assert len(losses) == 40 and torch.get_num_threads() == threads
-    probe = tiny_clip.PairStream(tiny_clip.TrainConfig(seed=99, batch_size=32), 64).batch(0)
+    probe = tiny_clip.PairStream(tiny_clip.WorldClipConfig(seed=99, batch_size=32), 64).batch(0)
     with torch.no_grad():
         held_out = tiny_clip.contrastive_loss(model, *probe).item()
     assert held_out < math.log(32) - 0.25, held_out  # below chance: it matches captions it never saw
@@ -182,12 +182,12 @@ def test_a_backdrop_puts_a_second_named_stuff_above_the_horizon() -> None:
         make_scene(0, backdrop=1.5)
 
 
-WORLD_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "world").glob("*.json"))
+WORLD_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "world").glob("*.json"))
 
 
 @pytest.mark.parametrize("path", WORLD_CONFIGS, ids=lambda path: path.name)
 def test_every_shipped_world_config_makes_valid_rows(path) -> None:
-    """Each config under benchmarks/world loads as a WorldConfig whose every variant builds its training config."""
+    """Each config under configs/world loads as a WorldConfig whose every variant builds its training config."""
     from synseg.config import from_dict
     from synseg.research.world.experiment import WorldConfig, check_rows
 

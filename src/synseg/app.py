@@ -7,13 +7,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from synseg.errors import UserError
 from synseg.predictor import Segmenter, parse_labels
 from synseg.protocols import DEFAULT_PROTOCOL
-from synseg.render import enlarge, label_map_image, overlay
+from synseg.render import enlarge, heat_map, label_map_image, overlay
 
 
 PAGE_PROTOCOLS = ("quadrants", "whole")  # the protocols the page offers: one image each, quickly
@@ -30,12 +29,6 @@ class AppSetup:
     examples: list[Path] = field(default_factory=list)
     scene_size: int | None = None  # set when scenes of the synthetic world can be generated on the page
     threshold: float = 0.4
-
-
-def heat_map_image(activation: np.ndarray) -> Image.Image:
-    from matplotlib import colormaps
-
-    return enlarge(Image.fromarray((colormaps["jet"](np.clip(activation, 0, 1))[..., :3] * 255).astype(np.uint8)))
 
 
 def segment_image(setup: AppSetup, image: Image.Image | None, labels: str, method: str, protocol: str, background: bool,
@@ -55,7 +48,7 @@ def segment_image(setup: AppSetup, image: Image.Image | None, labels: str, metho
     label_map_image(result.label_map, len(classes)).save(label_file)
     names_file.write_text(json.dumps({"classes": classes, "method": method, "protocol": protocol,
                                       "threshold": threshold if background else None}, indent=2) + "\n")
-    heat_maps = [(heat_map_image(activation), label) for label, activation in zip(names, result.activations)]
+    heat_maps = [(enlarge(heat_map(activation)), label) for label, activation in zip(names, result.activations)]
     return overlay(image, result.label_map, classes), heat_maps, [str(label_file), str(names_file)]
 
 

@@ -75,5 +75,6 @@ def overlay(image: Image.Image, label_map: np.ndarray, names: list[str], alpha: 
 
 
 def heat_map(activation: np.ndarray) -> Image.Image:
-    """An activation map in [0, 1] as an 8-bit grey image (0 = none, 255 = full)."""
+    """An activation map in [0, 1] (values outside are clipped), [H, W], as an 8-bit grey image of the same size
+    (0 = none, 255 = full): the heat maps `synseg segment` writes and `synseg app` shows (there `enlarge`d)."""
     return Image.fromarray((np.clip(activation, 0, 1) * 255 + 0.5).astype(np.uint8), mode="L")

@@ -33,8 +33,8 @@ def import_webdataset():
 def decode_image(data: bytes | Path, draft: int | None = None) -> Image.Image:
     """Decode encoded bytes or a file to RGB.
 
-    `draft` lets JPEG decode at the smallest DCT scale that still leaves both sides >= draft pixels, which is several
-    times faster for training images that are resized to 224 anyway.
+    `draft` lets JPEG decode at the smallest DCT scale that still leaves both sides >= draft pixels (faster, for
+    training images that are resized to that size anyway); other formats ignore it.
     """
     with open_image(data, data if isinstance(data, Path) else f"of {len(data)} bytes") as image:
         if draft:

@@ -62,8 +62,8 @@ def collate_phrases(
     samples: Sequence[tuple[Image.Image, list[str], str]], image_size: int | None = None
 ) -> PhraseBatch:
     """(RGB image SxS, phrases, key) samples -> one batch of float images in [0, 1]; phrase lists stay ragged (any
-    number of categories per image). The conversion runs in numpy: torch's thread pool, when the loader runs in the
-    training process, contends with training (5x slower on 2 busy cores). `image_size` shapes an empty batch."""
+    number of categories per image). The conversion runs in numpy, not torch: when the loader runs in the training
+    process, torch's thread pool would contend with training (docs/training.md). `image_size` shapes an empty batch."""
     if not samples:
         if image_size is None:
             raise ValueError("an empty batch needs image_size")

@@ -73,7 +73,7 @@ class SegDecoder(nn.Module):
         """Drop CLS and deconvolve each patch token into a patch of logits: [N, 1, S, S].
 
         A transposed convolution whose stride equals its kernel is one matmul per token followed by a pixel shuffle;
-        written so, it runs 10-30x faster on CPU than ConvTranspose2d's kernel (same weights, same result).
+        written so it gives ConvTranspose2d's result with the same weights, without its slow CPU kernel (docs/speed.md).
         """
         n, _, d = tokens.shape
         h, w = self.grid

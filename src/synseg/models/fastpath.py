@@ -1,8 +1,8 @@
 """CPU inference with every matrix product on oneDNN.
 
-PyTorch multiplies fp32 matrices on x86 CPUs with MKL, which on AMD CPUs takes its AVX2 path: on a Zen 5 EPYC core
-that is 115 GFLOP/s, where oneDNN (shipped inside PyTorch) reaches 270 GFLOP/s on the same products, ViT-B/16's and
-the decoder's shapes alike (docs/speed.md). `linear` sends CPU fp32 inference (under torch.inference_mode) through
+PyTorch multiplies fp32 matrices on x86 CPUs with MKL, which on AMD CPUs takes its AVX2 path, slower there than
+oneDNN (shipped inside PyTorch) on the same products, ViT-B/16's and the decoder's shapes alike (docs/speed.md has
+the rates). `linear` sends CPU fp32 inference (under torch.inference_mode) through
 oneDNN and everything else (training, autograd, autocast, GPUs) through `F.linear`; the blocks below are the encoder's
 and the decoder's inference forward passes written with it. oneDNN's results differ from MKL's by rounding (~1e-6).
 """

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from synseg.errors import UserError
 from synseg.io import atomic_path, ensure_writable_dir
+from synseg.render import label_map_image
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -407,16 +408,6 @@ def scene_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, stream, index])
 
 
-def palette() -> list[int]:
-    """The PASCAL VOC colour map, so label PNGs open in any viewer as VOC's do."""
-    labels = np.arange(256)
-    colours = np.zeros((256, 3), dtype=np.int64)
-    for bit in range(8):
-        for channel in range(3):
-            colours[:, channel] |= ((labels >> (3 * bit + channel)) & 1) << (7 - bit)
-    return colours.astype(np.uint8).flatten().tolist()
-
-
 def write_split(root: str | Path, n: int, seed: int, split: str = "train", size: int = 64, backdrop: float = 0.0) -> Path:
     """Write `n` scenes in a VOC-like layout, with `captions.jsonl` ({image, caption} per line) beside them.
 
@@ -435,15 +426,13 @@ def write_split(root: str | Path, n: int, seed: int, split: str = "train", size:
     for folder in ("JPEGImages", "SegmentationClass"):
         (root / folder).mkdir(exist_ok=True)
     lists.mkdir(parents=True, exist_ok=True)
-    colours = palette()
     names, records = [], []
     for index in tqdm(range(n), desc=f"writing {split} scenes", unit="scene"):
         scene = make_scene(scene_rng(seed, index), size, split, backdrop=backdrop)
         name = f"{split}_{index:06d}"
         with atomic_path(root / "JPEGImages" / f"{name}.png") as tmp:
             Image.fromarray(scene.image).save(tmp, format="PNG")
-        label = Image.fromarray(scene.label_map.astype(np.uint8), mode="P")
-        label.putpalette(colours)
+        label = label_map_image(scene.label_map, len(CLASSES))  # a palette PNG in VOC's colours
         with atomic_path(root / "SegmentationClass" / f"{name}.png") as tmp:
             label.save(tmp, format="PNG")
         names.append(name)

@@ -9,9 +9,11 @@ from synseg.errors import UserError
 from synseg.train.losses import LossConfig
 from synseg.models.synseg import SynSegConfig
 
-# Named starting points for `synseg train --recipe`, laid under a --config file: recipes/NAME.json, TrainConfig fields.
-# The dataclasses' own defaults are the paper's literal reading ("paper"); "measured" is the best recipe the synthetic
-# world has evidence for (docs/training.md and docs/world.md say why each of its settings).
+# Named starting points for `synseg train --recipe`, laid under a --config file: recipes/NAME.json, TrainConfig
+# fields. The dataclasses' own defaults are the paper's literal reading ("paper"); "measured" is the best recipe the
+# synthetic world has evidence for: FSS pools with CLIP's own class-token attention masked by each map, maps of phrases
+# the caption does not name are trained towards 0 and each named phrase's strongest tokens towards 1, both at a tenth
+# of L1's weight, and L2-L4 are off. docs/training.md gives the measurements behind each choice, docs/world.md the runs.
 RECIPES_DIR = Path(__file__).with_name("recipes")
 RECIPES: dict[str, dict] = {path.stem: read_json(path, "recipe") for path in sorted(RECIPES_DIR.glob("*.json"))}
 DEFAULT_RECIPE = "measured"
@@ -28,8 +30,8 @@ class TrainConfig:
     warmup: int = 500
     seed: int = 42
     max_phrases: int = 8  # K: categories per image
-    # Phrases are embedded with one template: the 8-template ensemble costs 8 text-tower passes per phrase, more than
-    # the image encoder on a training batch. Inference keeps the ensemble (`model.templates`).
+    # Phrases are embedded with one template (one text-tower pass per phrase, where the ensemble takes one per
+    # template; docs/training.md). Inference keeps the ensemble (`model.templates`).
     phrase_templates: tuple[str, ...] = ("a photo of a {}.",)
     workers: int = 4  # data loader processes per rank; the data order depends on it, so resume with the same number
     resize: str = "stretch"  # "stretch" to SxS (as inference does) or "crop" (short side, centre crop)

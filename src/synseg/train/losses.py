@@ -37,7 +37,7 @@ class LossConfig:
     absent_suppress: float = 0.0  # not in the paper: maps of phrases from other captions pushed to 0 (see absent_loss)
     absent_phrases: int = 4  # such phrases decoded per image
     # a phrase is not taken as absent if its text is closer to one of the image's own than this quantile of the cosines
-    # between the batch's distinct phrases (0.975: 0.81 over the world's phrases, where 0.8 was the fixed gate; see text_gate)
+    # between the batch's distinct phrases (see text_gate; docs/training.md gives the cosine it comes to in the world)
     absent_text_quantile: float = 0.975
     absent_start: int = 0  # iterations of the named terms alone before absent_suppress comes in
     # which phrases: "random" ones, or "hard": those the frozen CLIP's per-token readout finds most of in the image
@@ -67,16 +67,17 @@ class LossConfig:
         """Factor on L2-L4's weights at this step.
 
         At initialisation every map is ~0.5 everywhere, so fg_k = bg_k and fg_i = fg_j: -log(1 - s) sits at -log(eps)
-        with a gradient about 1000x L1's, and the separation terms decide what the maps become before L1 has
-        given them any meaning.
+        with a gradient of order 1/eps, far above L1's, and the separation terms decide what the maps become before L1
+        has given them any meaning. 0 before `pairwise_start`, then rising linearly over `pairwise_ramp` steps to 1
+        (at once when `pairwise_ramp` is 0).
         """
         if step < self.pairwise_start:
             return 0.0
         return min(1.0, (step - self.pairwise_start + 1) / self.pairwise_ramp) if self.pairwise_ramp else 1.0
 
     def suppresses_absent(self, step: int) -> bool:
-        """Whether this step adds the absent term. Pushing every map down from the start slows L1's first descent
-        (in the world's quick run its loss is 0.181 at step 100 with the term, 0.104 without: docs/world.md)."""
+        """Whether this step adds the absent term: `absent_suppress` is on and `step` >= `absent_start` (pushing every
+        map down from the start slows L1's first descent; docs/training.md)."""
         return self.absent_suppress > 0 and step >= self.absent_start
 
 
@@ -104,9 +105,9 @@ def per_image_mean(values: torch.Tensor, image: torch.Tensor, mask: torch.Tensor
 
 def text_gate(unit_text: torch.Tensor, quantile: float) -> torch.Tensor:
     """The cosine above which two phrases count as one: the `quantile` (nearest rank) of the cosines between the
-    distinct phrases of `unit_text` [N, E] (unit rows). Set from the batch's own similarities, not as a fixed cosine, because how alike
-    unrelated prompts are differs between CLIPs (0.38 on average in the world, far more for real CLIP's prompts that
-    share a template). A batch with one distinct phrase has no pairs: only identical texts then count as one."""
+    distinct phrases of `unit_text` [N, E] (unit rows), a scalar tensor. Set from the batch's own similarities, not as
+    a fixed cosine, because how alike unrelated prompts are differs between CLIPs (docs/training.md). A batch with one
+    distinct phrase has no pairs: the gate is then just below 1, so only identical texts count as one."""
     distinct = torch.unique(unit_text, dim=0)
     if len(distinct) < 2:
         return unit_text.new_tensor(1.0 - 1e-6)

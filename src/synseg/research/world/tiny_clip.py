@@ -38,10 +38,12 @@ TRAIN_STREAM, EVAL_STREAM, PATTERN_STREAM = 0, 1, 3
 
 
 @dataclass
-class TrainConfig:
-    """Defaults sized for two CPU cores (docs/world.md has the measured time). Scenes are drawn at the CLIP's input size
-    with up to `max_things` things: the world's denser scenes make captions long and the largest thing less salient,
-    and CLIP learns to name patterns faster from sparser ones."""
+class WorldClipConfig:
+    """How the world CLIP is trained (`train`): `steps` batches of `batch_size` pairs, in groups of `group` scenes
+    (one drawn, the others its hard negatives); AdamW at `lr` (`warmup` steps of warm-up, then cosine) with
+    `weight_decay`; scenes of 1 to `max_things` things drawn from `seed` at the CLIP's input size; `threads` torch
+    threads and `workers` loader processes. The defaults are sized for two CPU cores; docs/world.md gives the time and
+    why scenes are sparser than the experiment's."""
 
     steps: int = 1500
     batch_size: int = 128
@@ -97,7 +99,7 @@ class PairStream(IterableDataset):
     stuff alone tell a batch's pairs apart, and pattern gets almost no gradient.
     """
 
-    def __init__(self, config: TrainConfig, image_size: int) -> None:
+    def __init__(self, config: WorldClipConfig, image_size: int) -> None:
         self.config, self.image_size = config, image_size
         self.tokenizer = tokenizer()
 
@@ -122,7 +124,7 @@ class PairStream(IterableDataset):
             yield self.batch(step)
 
 
-def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+def _optimizer(model: torch.nn.Module, config: WorldClipConfig) -> torch.optim.AdamW:
     """AdamW with open_clip's rule: no weight decay on gains, biases, norms and the temperature."""
     decay, plain = [], []
     for name, param in model.named_parameters():
@@ -132,7 +134,7 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
 
 
-def _cosine(config: TrainConfig):
+def _cosine(config: WorldClipConfig):
     def factor(step: int) -> float:
         if step < config.warmup:
             return (step + 1) / config.warmup
@@ -146,7 +148,7 @@ def contrastive_loss(model: torch.nn.Module, pixels01: torch.Tensor, tokens: tor
     return open_clip.loss.ClipLoss()(image_features, text_features, logit_scale)
 
 
-def train(config: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, list[float]]:
+def train(config: WorldClipConfig, progress: bool = True) -> tuple[torch.nn.Module, list[float]]:
     """Train the world CLIP contrastively on freshly generated pairs; returns the model and the loss per step."""
     if config.steps < 1 or config.batch_size < 2:
         raise UserError("training needs at least 1 step and a batch of at least 2 pairs")
@@ -158,7 +160,7 @@ def train(config: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, 
         torch.set_num_threads(threads)
 
 
-def _train(config: TrainConfig, progress: bool) -> tuple[torch.nn.Module, list[float]]:
+def _train(config: WorldClipConfig, progress: bool) -> tuple[torch.nn.Module, list[float]]:
     torch.manual_seed(config.seed)
     model = create()
     model.train()
@@ -191,7 +193,7 @@ def _label_embeddings(model: torch.nn.Module, names: list[str], templates: tuple
 
 @torch.no_grad()
 def read_scenes(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene_size: int = 64,
-                max_things: int = TrainConfig.max_things, backdrop: float = 0.0) -> Iterator[tuple[Scene, str, str]]:
+                max_things: int = WorldClipConfig.max_things, backdrop: float = 0.0) -> Iterator[tuple[Scene, str, str]]:
     """Held-out test-split scenes, each with the CLIP's zero-shot reading: (scene, thing phrase, stuff) whose texts lie
     closest to the image."""
     model.eval()
@@ -209,7 +211,7 @@ def read_scenes(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene
 
 
 def zero_shot(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene_size: int = 64,
-              max_things: int = TrainConfig.max_things, backdrop: float = 0.0) -> dict[str, float]:
+              max_things: int = WorldClipConfig.max_things, backdrop: float = 0.0) -> dict[str, float]:
     """Accuracy on held-out test-split scenes: the largest thing's phrase among all things (split into seen and
     unseen phrases), and the stuff among all stuff."""
     hits: dict[str, list[bool]] = {"things_seen": [], "things_unseen": [], "stuff": []}
@@ -235,18 +237,18 @@ def save(model: torch.nn.Module, path: str | Path, metadata: dict[str, object]) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m synseg.research.world.tiny_clip", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="where to write the .safetensors checkpoint")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--steps", type=int, default=WorldClipConfig.steps)
+    parser.add_argument("--seed", type=int, default=WorldClipConfig.seed)
+    parser.add_argument("--batch-size", type=int, default=WorldClipConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=WorldClipConfig.lr)
     parser.add_argument("--eval-scenes", type=int, default=1200, help="held-out scenes for zero-shot accuracy")
     args = parser.parse_args(argv)
     try:
         if args.out.suffix != ".safetensors":
             raise UserError(f"--out must end in .safetensors so open_clip loads it as such: {args.out}")
         ensure_writable_dir(args.out.resolve().parent)
-        config = TrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-                             warmup=min(TrainConfig.warmup, max(1, args.steps // 10)))
+        config = WorldClipConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                             warmup=min(WorldClipConfig.warmup, max(1, args.steps // 10)))
         started = time.perf_counter()
         model, losses = train(config)
         minutes = (time.perf_counter() - started) / 60

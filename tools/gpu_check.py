@@ -1,7 +1,7 @@
 """What only a GPU can show, in one run of at most 8 minutes on one GPU, without network (random CLIP weights):
 
-    timeout 480 python benchmarks/gpu_check.py --out gpu-check          # on the GPU machine
-    python benchmarks/gpu_check.py --device cpu --out gpu-check-cpu     # the same steps, small, on a CPU
+    timeout 480 python tools/gpu_check.py --out gpu-check          # on the GPU machine
+    python tools/gpu_check.py --device cpu --out gpu-check-cpu     # the same steps, small, on a CPU
 
 1. `synseg bench` on the device: 1 and 5 views, 21 and 150 classes, fp32 and bf16 (ViT-B/16).
 2. 50 bf16 training steps with the tiny and a random ViT-B/16 backbone, the absent term on: finite losses.

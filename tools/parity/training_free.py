@@ -6,7 +6,7 @@ upsampled to the input as the references do). The references are run from their 
     git clone https://github.com/wangf3014/SCLIP refs/SCLIP           # b56bd30
     git clone https://github.com/mc-lan/ClearCLIP refs/ClearCLIP      # ad68a40
     git clone https://github.com/sinahmr/NACLIP refs/NACLIP           # 0cac3a6
-    python benchmarks/parity/training_free.py --refs refs --out runs/parity
+    python tools/parity/training_free.py --refs refs --out runs/parity
 
 What runs of each: SCLIP's and NACLIP's VisionTransformer (their clip/model.py, loaded as a file: their clip/__init__
 needs pkg_resources); ClearCLIP's VisionTransformer.forward from its vendored open_clip, in a child process (it would

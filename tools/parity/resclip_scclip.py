@@ -1,4 +1,4 @@
-"""Parity of synseg's `resclip` and `scclip` with their reference code, as benchmarks/parity/training_free.py does for
+"""Parity of synseg's `resclip` and `scclip` with their reference code, as tools/parity/training_free.py does for
 the older methods: one random open_clip ViT (ViT-B/16's patch size, head width and input size; all biases and norms
 randomised), the same inputs and 7 random label embeddings through both, max abs difference of the dense logits. Each
 depth runs its own ViT: 12 blocks (the released block indices as they are) and 24 (ViT-L/14's depth, where the code
@@ -7,7 +7,7 @@ references are run from their own clones, never copied here:
 
     git clone https://github.com/yvhangyang/ResCLIP refs/ResCLIP   # 0e085f7
     git clone https://github.com/SuleBai/SC-CLIP refs/SC-CLIP       # 0417ba9
-    python benchmarks/parity/resclip_scclip.py --refs refs --out runs/parity-2025
+    python tools/parity/resclip_scclip.py --refs refs --out runs/parity-2025
 
 What runs of each: the VisionTransformer of its clip/model.py, loaded as a file (its clip/__init__ needs
 pkg_resources), one image at a time (both assume a batch of one); ResCLIP's with `set_params('wo_resi', 'resclip', 5)`

@@ -1,11 +1,11 @@
 """Parity of synseg's `proxyclip` with ProxyCLIP's code and DINO's: the random open_clip ViT of
-benchmarks/parity/training_free.py, a random DINO ViT-B/8 (timm's architecture, all biases and norms randomised; its
+tools/parity/training_free.py, a random DINO ViT-B/8 (timm's architecture, all biases and norms randomised; its
 weights loaded into DINO's own VisionTransformer), the same CLIP-normalised inputs and 7 random label embeddings through
 both, max abs difference of the dense logits. The references are run from their own clones, never copied here:
 
     git clone https://github.com/mc-lan/ProxyCLIP refs/ProxyCLIP              # e7b767f
     git clone https://github.com/facebookresearch/dino refs/dino               # 7c446df
-    python benchmarks/parity/proxyclip.py --refs refs --out runs/parity-proxyclip
+    python tools/parity/proxyclip.py --refs refs --out runs/parity-proxyclip
 
 What runs: DINO's `vision_transformer.vit_base(patch_size=8)` and its `get_intermediate_layers` (ProxyCLIP's `dino`
 branch, on the window taken back to ImageNet's normalisation as its forward_feature does), then ProxyCLIP's vendored

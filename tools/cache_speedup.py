@@ -1,6 +1,6 @@
 """Seconds per training epoch from images vs from the frozen-feature cache (`synseg train --cache`).
 
-    python benchmarks/cache_speedup.py --data ../shared/data/real/coco_captions [--backbone ViT-B-16] [--batch-size 16]
+    python tools/cache_speedup.py --data ../shared/data/real/coco_captions [--backbone ViT-B-16] [--batch-size 16]
 
 Runs one epoch three ways on the same data: no cache, cache cold (computes and stores), cache warm (reads).
 """

@@ -1,6 +1,6 @@
 """What deterministic CPU training costs, and whether a training step repeats to the bit:
 
-    python benchmarks/deterministic_cost.py --backbone synseg-tiny ViT-B-16 --threads 2 --repeats 5 [--recipe paper]
+    python tools/deterministic_cost.py --backbone synseg-tiny ViT-B-16 --threads 2 --repeats 5 [--recipe paper]
 
 1. The kernel that made CPU training differ run to run, at its real shapes: the decoder hands each image's tokens to
    that image's (image, phrase) pairs. Indexing (`x[index]`, backward `index_put_` with accumulate: atomics across

@@ -1,23 +1,23 @@
 """Why a world run scores what it scores: what the world CLIP knows, and where a checkpoint's maps fire.
 
-    python benchmarks/world_diagnostics.py clip [--clip FILE]
+    python tools/world_diagnostics.py clip [--clip FILE]
         the world CLIP's zero-shot reading of the largest thing (held-out scenes, as the CLIP was trained: 1-3 things,
         and as the experiment's world is: 1-5 things with backdrops), and a linear probe from its last block's patch
         tokens to each token's class: can a decoder tell a thing's colour and pattern per patch?
-    python benchmarks/world_diagnostics.py maps CHECKPOINT WORLD_TEST_DIR [--images 8]
+    python tools/world_diagnostics.py maps CHECKPOINT WORLD_TEST_DIR [--images 8]
         how alike the class texts are, then per test image: mean activation inside / outside each present class,
         and which classes win the argmax
-    python benchmarks/world_diagnostics.py regions [--clip FILE] [--scenes 300]
+    python tools/world_diagnostics.py regions [--clip FILE] [--scenes 300]
         what FSS can read of a region: each thing's ground-truth token mask turned into one CLIP-space vector in the
         ways FSS could pool it, and how often that vector's nearest thing phrase is the right one
-    python benchmarks/world_diagnostics.py readout WORLD_TEST_DIR [--clip FILE]
+    python tools/world_diagnostics.py readout WORLD_TEST_DIR [--clip FILE]
         where the per-token CLS readout goes wrong: its mIoU, its mIoU when each scene's argmax is restricted to the
         classes the scene holds, how many instances of each unseen thing the scenes hold, and where its wrongly
         labelled thing pixels go (an absent thing of the same colour, of the same pattern, stuff, ...)
-    python benchmarks/world_diagnostics.py phrases PHRASES_JSONL [--clip FILE]
+    python tools/world_diagnostics.py phrases PHRASES_JSONL [--clip FILE]
         how alike the mined training phrases' texts are (one training template): mean and std of the cosines between
         distinct phrases, and the absent-phrase gate `text_gate` reads from them at the default quantile
-    python benchmarks/world_diagnostics.py sizes WORLD_TEST_DIR [CHECKPOINT ...]
+    python tools/world_diagnostics.py sizes WORLD_TEST_DIR [CHECKPOINT ...]
         how many patch tokens each thing covers where it is visible (what `loss.present_share` is set against), and
         per checkpoint how much of each present thing its map covers and how much of that map lies outside the thing
 """
@@ -106,7 +106,7 @@ def probe(backbone: ClipBackbone, scenes: int = 1500, steps: int = 2000) -> dict
 
 def clip(path: Path) -> None:
     model = tiny_clip.create(path).float()
-    for name, max_things, backdrop in (("as trained (1-3 things)", tiny_clip.TrainConfig.max_things, 0.0),
+    for name, max_things, backdrop in (("as trained (1-3 things)", tiny_clip.WorldClipConfig.max_things, 0.0),
                                        ("the experiment's world (1-5 things, backdrops)", MAX_THINGS, WorldConfig.backdrop)):
         accuracy = tiny_clip.zero_shot(model, max_things=max_things, backdrop=backdrop)
         print(f"zero-shot, {name}: largest thing seen {accuracy['things_seen']:.1%} (n={accuracy['n_things_seen']}), "
