@@ -1,7 +1,6 @@
 """`synseg app` through gradio's client: the shipped world model segments a generated scene with no download."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -15,11 +14,9 @@ gradio = pytest.importorskip("gradio", reason="the app tests need gradio: pip in
 def client():
     from gradio_client import Client
 
-    from synseg.app import build_app
-    from synseg.commands.app import setup_from_args
+    from synseg.app import build_app, build_setup
 
-    args = argparse.Namespace(checkpoint=None, backbone=None, pretrained=None, device="cpu")
-    app = build_app(setup_from_args(args))
+    app = build_app(build_setup(device="cpu"))
     app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     try:
         yield Client(app.local_url, verbose=False, download_files=False)
@@ -28,12 +25,12 @@ def client():
 
 
 def test_page_offers_synseg_and_the_training_free_methods(client):
-    from synseg.methods import TRAINING_FREE
+    from synseg.methods import REGISTRY, list_methods
 
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/segment", "/scene"} <= set(api)
     choices = api["/segment"]["parameters"][2]["type"]["enum"]
-    assert choices == ["SynSeg"] + [f"{method.title} (training-free)" for method, _ in TRAINING_FREE.values()]
+    assert choices == ["SynSeg"] + [f"{REGISTRY[name].title} (training-free)" for name in list_methods("training-free")]
 
 
 def test_generated_scene_segments_with_legend_heat_maps_and_label_map(client, tmp_path):
@@ -44,7 +41,7 @@ def test_generated_scene_segments_with_legend_heat_maps_and_label_map(client, tm
 
     scene, labels = client.predict(api_name="/scene")
     assert labels == ", ".join(CLASSES)
-    overlay, heat_maps, files = client.predict(handle_file(scene["path"]), labels, "SynSeg", 1, True, 0.4,
+    overlay, heat_maps, files = client.predict(handle_file(scene["path"]), labels, "SynSeg", "whole", True, 0.4,
                                                api_name="/segment")
     picture = Image.open(scene["path"])
     shown = Image.open(overlay["path"])
@@ -66,7 +63,7 @@ def test_bad_labels_are_shown_as_one_message(client):
 
     scene, _ = client.predict(api_name="/scene")
     with pytest.raises(AppError, match="duplicate label"):
-        client.predict(handle_file(scene["path"]), "grass, grass", "SynSeg", 1, False, 0.4, api_name="/segment")
+        client.predict(handle_file(scene["path"]), "grass, grass", "SynSeg", "whole", False, 0.4, api_name="/segment")
 
 
 def test_browser_script_segments_a_scene_and_saves_a_screenshot(client, tmp_path):
@@ -92,7 +89,7 @@ def test_a_checkpoint_is_served_in_place_of_the_world_model(tiny_model, tmp_path
     """`synseg app --checkpoint DIR`: the page's SynSeg is that checkpoint's model (its maps, its threshold), with the
     example photo instead of generated scenes."""
     from synseg.checkpoint import save_model
-    from synseg.commands.app import setup_from_args
+    from synseg.app import build_setup
     from synseg.predictor import Segmenter
 
     import copy
@@ -105,11 +102,11 @@ def test_a_checkpoint_is_served_in_place_of_the_world_model(tiny_model, tmp_path
             parameter.add_(torch.randn_like(parameter) * 0.1)
     checkpoint = save_model(trained, tmp_path / "ckpt")
     torch.manual_seed(0)  # the random backbone tiny_model was built with (a checkpoint names its backbone, not weights)
-    setup = setup_from_args(argparse.Namespace(checkpoint=str(checkpoint), backbone=None, pretrained=None, device="cpu"))
+    setup = build_setup(str(checkpoint), device="cpu")
     assert setup.title == str(checkpoint) and setup.scene_size is None and setup.examples[0].name == "aeroplane.jpg"
-    assert setup.threshold == tiny_model.background_threshold and "SynSeg" in setup.segmenters
+    assert setup.threshold == tiny_model.background_threshold and "SynSeg" in setup.predictors
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
-    served = setup.segmenters["SynSeg"].segment(image, ["aeroplane", "sky"], views=1)
-    direct = Segmenter(trained).segment(image, ["aeroplane", "sky"], views=1)
+    served = Segmenter(setup.predictors["SynSeg"], "whole").segment(image, ["aeroplane", "sky"])
+    direct = Segmenter(trained, "whole").segment(image, ["aeroplane", "sky"])
     assert np.array_equal(served.label_map, direct.label_map)
     assert np.array_equal(served.maps.numpy(), direct.maps.numpy())

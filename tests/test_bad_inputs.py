@@ -130,7 +130,7 @@ def test_any_segment_output_taken_by_a_folder_or_fifo_stops_before_writing_anyth
     out.mkdir()
     os.mkfifo(out / name) if blocker == "fifo" else (out / name).mkdir()
     message = "it is a folder" if blocker == "folder" else "something other than a file"
-    assert_error(*answer(capsys, ["segment", str(tmp_path / "x.png"), "--labels", "cat", "--out", str(out), "--views", "1",
+    assert_error(*answer(capsys, ["segment", str(tmp_path / "x.png"), "--labels", "cat", "--out", str(out), "--protocol", "whole",
                                   *TINY]), "segment", message)
     assert [p.name for p in out.iterdir()] == [name]
 
@@ -170,7 +170,7 @@ def test_image_names_are_kept_and_the_manifest_maps_each_image_to_its_files(tmp_
         Image.fromarray(rgb()).save(tmp_path / name)
     out = tmp_path / "o"
     code, err = answer(capsys, ["segment", *(str(tmp_path / n) for n in inputs), str(tmp_path / "x.jpg"),
-                                "--labels", "cat, big dog", "--out", str(out), "--views", "1", *TINY])
+                                "--labels", "cat, big dog", "--out", str(out), "--protocol", "whole", *TINY])
     assert code == 0, err
     images = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["images"]
     assert [entry["image"] for entry in images] == [str(tmp_path / n) for n in inputs]  # the repeated x.jpg once
@@ -197,7 +197,7 @@ def test_labels_whose_file_names_would_collide_or_overflow_get_files_of_their_ow
     labels = ["a/b", "a b", "Cat", "cat", "猫", "🐶 dog", "x" * 3000, "line\nbreak", "..", "{}"]
     out = tmp_path / "o"
     code, err = answer(capsys, ["segment", str(tmp_path / "x.png"), "--labels", ",".join(labels), "--out", str(out),
-                                "--views", "1", *TINY])
+                                "--protocol", "whole", *TINY])
     assert code == 0, err
     files = json.loads((out / "labels.json").read_text())["files"]["heat_maps"]
     assert list(files) == labels
@@ -218,14 +218,14 @@ def test_more_labels_than_a_palette_holds_give_a_16_bit_label_map(tmp_path, caps
     out = tmp_path / "o"
     torch.manual_seed(0)
     code, err = answer(capsys, ["segment", str(tmp_path / "x.png"), "--labels", ",".join(labels), "--out", str(out),
-                                "--views", "1", "--device", "cpu", *TINY])
+                                "--protocol", "whole", "--device", "cpu", *TINY])
     assert code == 0, err
     with Image.open(out / "x.png") as label_map:
         assert label_map.mode.startswith("I") and label_map.size == (40, 24)
         written = np.asarray(label_map).astype(np.int64)
     torch.manual_seed(0)  # the model the command built
     model = build_synseg(SynSegConfig(backbone=BackboneConfig("synseg-tiny", None))).eval()
-    expected = Segmenter(model).segment(image, labels, views=1).label_map
+    expected = Segmenter(model, "whole").segment(image, labels).label_map
     assert np.array_equal(written, expected)
     assert len(json.loads((out / "labels.json").read_text())["classes"]) == 300
     assert (out / "x.overlay.png").is_file()
@@ -463,7 +463,7 @@ def test_good_layout_scores_its_own_labels_100_and_a_model_runs_on_it(tmp_path, 
     assert code == 0, err
     assert json.loads((tmp_path / "r.json").read_text())["results"][0]["miou"] == 100.0
     code, err = answer(capsys, ["eval", "--benchmark", "folder", "--root", str(root), "--checkpoint", str(checkpoint),
-                                "--pretrained", "none", "--views", "1"])
+                                "--pretrained", "none", "--protocol", "whole"])
     assert code == 0, err
 
 

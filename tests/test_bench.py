@@ -185,7 +185,7 @@ def test_the_profiled_call_counts_in_neither_latency_nor_model_time(monkeypatch,
     monkeypatch.setattr(run, "profile_call", fake_profile)
     config = run.BenchConfig(protocols=("whole",), classes=(2,), methods=("synseg",), image_size=(32, 32), repeats=1,
                              profile=True)
-    method = methods.build_methods(tiny_model, ("synseg",))[0]
+    method = methods.build_methods(("synseg",), None, "synseg-tiny", "none", "cpu")[0]
     row = run.measure(method, run.random_image(32, 32), "whole", 2, config, 1.0)
     assert lost[0] > 0 and row.model_ms <= row.latency_ms < 1000 * 1e3
 
@@ -196,7 +196,7 @@ def test_rows_carry_their_protocol_and_its_view_count(tiny_model):
 
     config = run.BenchConfig(protocols=("quadrants", "slide:64/32/32"), classes=(2,), methods=("synseg",),
                              image_size=(64, 64), repeats=1)
-    method = methods.build_methods(tiny_model, ("synseg",))[0]
+    method = methods.build_methods(("synseg",), None, "synseg-tiny", "none", "cpu")[0]
     image = run.random_image(64, 64)
     quadrants = run.measure(method, image, "quadrants", 2, config, 1.0)
     assert (quadrants.protocol, quadrants.views) == ("quadrants", 5)

@@ -19,13 +19,14 @@ def synseg(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "synseg.cli", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("views", ["1", "5"])
-def test_segment_writes_maps_of_each_images_size(real_data, tmp_path, views):
+@pytest.mark.parametrize("protocol", ["whole", "quadrants"])
+def test_segment_writes_maps_of_each_images_size(real_data, tmp_path, protocol):
     images = sorted((real_data / "VOCdevkit/VOC2012/JPEGImages").glob("*.jpg"))[:3]
     odd = tmp_path / "odd.png"
     Image.fromarray(np.zeros((41, 77), dtype=np.uint8)).save(odd)
     out = tmp_path / "out"
-    code = main(["segment", *map(str, images), str(odd), "--labels", "person, dog, sofa", "--out", str(out), "--views", views, "--background", *TINY])
+    code = main(["segment", *map(str, images), str(odd), "--labels", "person, dog, sofa", "--out", str(out), "--protocol", protocol, "--background",
+                 *TINY])
     assert code == 0
     for path in [*images, odd]:
         label_map = Image.open(out / f"{path.stem}.png")
@@ -40,8 +41,8 @@ def test_segment_writes_maps_of_each_images_size(real_data, tmp_path, views):
 
 SEGMENT_OPTIONS = {
     "maskclip, slide": (["--method", "maskclip", "--protocol", "slide:96/64/32"], "maskclip", "slide:96/64/32", False, "fp32"),
-    "sclip, pamr": (["--method", "sclip", "--pamr"], "sclip", "synseg", True, "fp32"),
-    "maskclip, bf16": (["--method", "maskclip", "--precision", "bf16"], "maskclip", "synseg", False, "bf16"),
+    "sclip, pamr": (["--method", "sclip", "--pamr"], "sclip", "quadrants", True, "fp32"),
+    "maskclip, bf16": (["--method", "maskclip", "--precision", "bf16"], "maskclip", "quadrants", False, "bf16"),
 }
 
 
@@ -51,7 +52,7 @@ def test_segment_with_a_training_free_method_writes_what_the_library_computes(ca
     same options, and that result differs from the one without them."""
     import torch
 
-    from synseg.methods import build_training_free
+    from synseg.methods import build_predictor
     from synseg.protocols import parse_protocols
     from synseg.models.backbone import BackboneConfig, ClipBackbone
     from synseg.predictor import Segmenter
@@ -63,17 +64,17 @@ def test_segment_with_a_training_free_method_writes_what_the_library_computes(ca
     torch.manual_seed(0)
     assert main(["segment", str(tmp_path / "x.png"), "--labels", "person, dog", "--out", str(tmp_path / "o"), *options, *TINY]) == 0
     torch.manual_seed(0)  # the same random backbone as the command's
-    predictor = build_training_free(method, ClipBackbone(BackboneConfig("synseg-tiny", None))).eval()
+    predictor = build_predictor(method, backbone=ClipBackbone(BackboneConfig("synseg-tiny", None)))
 
     def result(protocol: str, pamr: bool, precision: str):
-        segmented = Segmenter(predictor, precision=precision).segment(
-            image, ["person", "dog"], protocol=parse_protocols(protocol, pamr)[0])
+        segmented = Segmenter(predictor, parse_protocols(protocol, pamr)[0], precision=precision).segment(
+            image, ["person", "dog"])
         return segmented.label_map, np.asarray(heat_map(segmented.maps[1].cpu().numpy()))
 
     label_map, heat = result(protocol, pamr, precision)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / "x.png")), label_map)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / "x.heat.dog.png")), heat)
-    plain_map, plain_heat = result("synseg", False, "fp32")
+    plain_map, plain_heat = result("quadrants", False, "fp32")
     assert not np.array_equal(plain_heat, heat), "the options changed nothing"
 
 
@@ -121,11 +122,11 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
 def test_demo_scores_the_shipped_model_and_every_training_free_method_and_draws_it(tmp_path):
     """The README's first command: the shipped world checkpoint segments new scenes, offline, beside every training-free
     method on the same CLIP. A broken shipped model (or one no better than MaskCLIP) fails on seen things."""
-    from synseg.methods import TRAINING_FREE
+    from synseg.methods import REGISTRY, list_methods
 
     assert main(["demo", "--out", str(tmp_path), "--scenes", "12", "--show", "2"]) == 0
     scores = json.loads((tmp_path / "scores.json").read_text())
-    assert {f"{cls.title} (training-free, same CLIP)" for cls, _ in TRAINING_FREE.values()} < set(scores)
+    assert {f"{REGISTRY[name].title} (training-free, same CLIP)" for name in list_methods("training-free")} < set(scores)
     synseg, maskclip = scores["SynSeg"], scores["MaskCLIP (training-free, same CLIP)"]
     assert synseg["seen"] > maskclip["seen"] + 10 and synseg["stuff"] > maskclip["stuff"] + 10, scores
     assert synseg["things"] > scores["Chance (uniform random labels)"]["things"] + 15, scores

@@ -212,7 +212,7 @@ def test_maskclip_and_checkpoint_run_on_real_samples(real_data, tiny_model, tmp_
     from synseg.checkpoint import save_model
 
     code, out, _ = run_eval(capsys, "--benchmark", "voc,city", "--root", str(real_data), "--method", "maskclip",
-                            *TINY, "--views", "1", "--limit", "2")
+                            *TINY, "--protocol", "whole", "--limit", "2")
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == "| Method | VOC | City | Avg. |" and lines[2].startswith("| MaskCLIP | ") and len(lines) == 3
@@ -235,6 +235,7 @@ def test_maskclip_and_checkpoint_run_on_real_samples(real_data, tiny_model, tmp_
 
 def test_maskclip_is_the_value_path_of_the_last_block(tiny_model):
     """Independent route: open_clip's own last block with attention restricted to each token itself (diagonal mask)."""
+    from synseg.encoding import EncodedViews
     from synseg.methods.maskclip import MaskCLIP
 
     maskclip = MaskCLIP(tiny_model.backbone)
@@ -251,12 +252,13 @@ def test_maskclip_is_the_value_path_of_the_last_block(tiny_model):
         x = blocks[-1](x, attn_mask=only_self)
         expected = torch.nn.functional.normalize(visual.ln_post(x[:, 1:]) @ visual.proj, dim=-1)
     h, w = backbone.grid
-    got = maskclip.dense_features(pixels).flatten(2).transpose(1, 2)
+    views = EncodedViews(pixels, backbone)
+    got = maskclip.dense_features(views).flatten(2).transpose(1, 2)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert got.shape == (2, h * w, backbone.embed_dim)
 
     text = backbone.embed_labels(["cat", "dog", "sky"], ("a photo of a {}.",))
-    maps = maskclip.activation_maps(pixels, text)
+    maps = maskclip.activation_maps(views, text)
     assert maps.shape == (2, 3, backbone.image_size, backbone.image_size)
     assert maps.min() >= 0 and maps.max() <= 1
     torch.testing.assert_close(maps.sum(dim=1), torch.ones(2, backbone.image_size, backbone.image_size))
@@ -266,7 +268,7 @@ def test_image_and_label_of_different_sizes_are_an_error(real_data, tiny_model, 
     shutil.copytree(real_data / "cityscapes", tmp_path / "cityscapes")
     (label,) = (tmp_path / "cityscapes" / "gtFine").rglob("*.png")
     write_png(label, np.full((100, 200), 7))
-    code, _, err = run_eval(capsys, "--benchmark", "city", "--root", str(tmp_path), "--method", "maskclip", *TINY, "--views", "1")
+    code, _, err = run_eval(capsys, "--benchmark", "city", "--root", str(tmp_path), "--method", "maskclip", *TINY, "--protocol", "whole")
     assert code == 2 and "leftImg8bit.png is 256x128 but its label" in err and "is 200x100" in err
 
 
@@ -289,7 +291,7 @@ def test_training_free_methods_under_two_protocols_print_one_table(real_data, tm
                              f"voc={tmp_path / 'voc.txt'}"]), ("plain", [])):
         torch.manual_seed(0)  # the same random backbone in every run: only the class names differ
         code, out, _ = run_eval(capsys, "--benchmark", "voc", "--root", str(real_data), *TINY, "--limit", "1",
-                                "--method", "maskclip,sclip,clearclip,naclip", "--protocol", "slide,synseg",
+                                "--method", "maskclip,sclip,clearclip,naclip", "--protocol", "slide,quadrants",
                                 *class_names, "--json", str(tmp_path / f"{run}.json"))
         assert code == 0
         reports[run] = [list(r["per_class_iou"].values()) for r in json.loads((tmp_path / f"{run}.json").read_text())["results"]]
@@ -298,9 +300,9 @@ def test_training_free_methods_under_two_protocols_print_one_table(real_data, tm
     assert lines[0] == "| Method | Protocol | VOC | Avg. |" and len(lines) == 10
     rows = [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in lines[2:]]
     assert rows == [(m, p) for m in ("MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP")
-                    for p in ("slide (336/224/112)", "synseg")]
+                    for p in ("slide (336/224/112)", "quadrants")]
     report = json.loads((tmp_path / "named.json").read_text())
-    assert report["settings"]["protocols"] == ["slide (336/224/112)", "synseg"]
+    assert report["settings"]["protocols"] == ["slide (336/224/112)", "quadrants"]
     for result in report["results"]:
         assert result["images"] == 1 and len(result["per_class_iou"]) == 21 and 0 <= result["miou"] <= 100
 

@@ -17,7 +17,7 @@ def test_two_ranks_equal_one_process(real_data, tmp_path, capsys):
     # fixed weights (random ones would differ between processes), predictions neither empty nor perfect.
     args = ["--benchmark", "voc,ade", "--root", str(real_data), "--method", "maskclip", "--backbone",
             "synseg-world-clip", "--pretrained", str(SRC / "synseg" / "assets" / "world-clip.safetensors"),
-            "--views", "1", "--limit", "7", "--device", "cpu"]
+            "--protocol", "whole", "--limit", "7", "--device", "cpu"]
     assert main(["eval", *args, "--json", str(tmp_path / "one.json")]) == 0
     one_table = capsys.readouterr().out
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}

@@ -41,7 +41,7 @@ def test_hub_id_and_revisions_resolve_from_the_cache(hub_cache):
 
 
 def test_segment_with_a_hub_id(hub_cache, tmp_path, capsys):
-    code = main(["segment", str(ASSET), "--labels", "aeroplane, sky", "--checkpoint", "synseg/tiny", "--views", "1",
+    code = main(["segment", str(ASSET), "--labels", "aeroplane, sky", "--checkpoint", "synseg/tiny", "--protocol", "whole",
                  "--out", str(tmp_path / "out")])
     assert code == 0, capsys.readouterr().err
     label_map = np.asarray(Image.open(tmp_path / "out" / "aeroplane.png"))

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from synseg.errors import UserError
-from synseg.methods import build_training_free, parse_method, parse_methods, training_free_methods
+from synseg.encoding import EncodedViews
+from synseg.methods import REGISTRY, build_predictor, list_methods, parse_method, parse_methods
 from synseg.methods.base import released_index
 from synseg.methods.naclip import neighbourhood
 from synseg.methods.resclip import PRESETS as RESCLIP_PRESETS
@@ -72,13 +73,13 @@ def test_sclip_sums_query_query_and_key_key_attention_and_keeps_residual_and_mlp
     mixed = attention(tied(block, "q", "k"), x) + attention(tied(block, "k", "q"), x) - bias
     expected = x + mixed
     expected = expected + block.mlp(block.ln_2(expected))
-    got = build_training_free("sclip", backbone).last_block(block, x, backbone.grid)
+    got = build_predictor("sclip", backbone=backbone).last_block(block, x, backbone.grid)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_clearclip_is_query_query_attention_without_residual_or_mlp(case):
     backbone, x, block = case
-    got = build_training_free("clearclip", backbone).last_block(block, x, backbone.grid)
+    got = build_predictor("clearclip", backbone=backbone).last_block(block, x, backbone.grid)
     torch.testing.assert_close(got, attention(tied(block, "q", "k"), x), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, attention(block, x), atol=1e-3)  # plain q-k attention differs
 
@@ -86,7 +87,7 @@ def test_clearclip_is_query_query_attention_without_residual_or_mlp(case):
 def test_naclip_is_key_key_attention_plus_a_gaussian_of_patch_distance(case):
     backbone, x, block = case
     omega = neighbourhood(backbone.grid)
-    got = build_training_free("naclip", backbone).last_block(block, x, backbone.grid)
+    got = build_predictor("naclip", backbone=backbone).last_block(block, x, backbone.grid)
     torch.testing.assert_close(got, attention(tied(block, "k", "q"), x, mask=omega), rtol=1e-5, atol=1e-5)
     # the bias by hand on an 8x8 grid (std 5 patches): 1 on the diagonal, exp(-d^2 / 50) between patches, 0 for CLS
     assert omega.shape == (65, 65)
@@ -101,14 +102,14 @@ def test_methods_run_on_windows_larger_than_clip_input(tiny_model):
     backbone = tiny_model.backbone
     text = backbone.embed_labels(["cat", "dog"], ("a photo of a {}.",))
     pixels = torch.randn(1, 3, 96, 128)  # a 12x16 token grid from CLIP's 8x8: position embeddings resized
-    for name in training_free_methods():
-        method = build_training_free(name, backbone)
-        logits = method.logits(pixels, text)
+    for name in list_methods("training-free"):
+        method = build_predictor(name, backbone=backbone)
+        logits = method.logits(EncodedViews(pixels, backbone), text)
         assert logits.shape == (1, 2, 96, 128) and logits.abs().max() <= 1 + 1e-5, name
         probabilities = method.activate(logits)
         torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(1, 96, 128))
     with pytest.raises(ValueError, match="multiple of the patch size"):
-        build_training_free("sclip", backbone).logits(torch.randn(1, 3, 60, 64), text)
+        build_predictor("sclip", backbone=backbone).logits(EncodedViews(torch.randn(1, 3, 60, 64), backbone), text)
 
 
 def test_resclip_without_its_blends_is_naclip_and_each_view_is_its_own(tiny_model):
@@ -117,12 +118,13 @@ def test_resclip_without_its_blends_is_naclip_and_each_view_is_its_own(tiny_mode
     torch.manual_seed(3)
     pixels = torch.randn(2, 3, 64, 80)
     plain = dataclasses.replace(RESCLIP_PRESETS["default"], rcs=(1.0, 0.0), sfr=(1.0, 0.0))
-    naclip = build_training_free("naclip", backbone).logits(pixels, text)
-    torch.testing.assert_close(ResCLIP(backbone, plain).logits(pixels, text), naclip, rtol=0, atol=1e-6)
-    resclip = build_training_free("resclip", backbone)
-    both = resclip.logits(pixels, text)
+    naclip = build_predictor("naclip", backbone=backbone).logits(EncodedViews(pixels, backbone), text)
+    torch.testing.assert_close(ResCLIP(backbone, plain).logits(EncodedViews(pixels, backbone), text), naclip, rtol=0,
+                               atol=1e-6)
+    resclip = build_predictor("resclip", backbone=backbone)
+    both = resclip.logits(EncodedViews(pixels, backbone), text)
     assert (both - naclip).abs().max() > 1e-3  # RCS and SFR change the features
-    alone = torch.cat([resclip.logits(pixels[i:i + 1].clone(), text) for i in range(2)])
+    alone = torch.cat([resclip.logits(EncodedViews(pixels[i:i + 1].clone(), backbone), text) for i in range(2)])
     torch.testing.assert_close(both, alone, rtol=0, atol=1e-6)
 
 
@@ -146,20 +148,21 @@ def test_scclip_marks_a_far_token_and_repairs_it_from_its_neighbours(tiny_model)
     neighbours = [i for i in (7, 8, 9, 13, 15, 19, 20, 21) if not marked[0, i]]
     torch.testing.assert_close(fixed[0, 14], tokens[0, neighbours].mean(dim=0))
     torch.testing.assert_close(fixed[~marked], tokens[~marked])
-    scclip, text = build_training_free("scclip", tiny_model.backbone), torch.randn(3, tiny_model.backbone.embed_dim)
+    backbone = tiny_model.backbone
+    scclip, text = build_predictor("scclip", backbone=backbone), torch.randn(3, backbone.embed_dim)
     pixels = torch.randn(2, 3, 64, 64)
-    alone = torch.cat([scclip.logits(pixels[i:i + 1].clone(), text) for i in range(2)])
-    torch.testing.assert_close(scclip.logits(pixels, text), alone, rtol=0, atol=1e-6)  # each view is its own
+    alone = torch.cat([scclip.logits(EncodedViews(pixels[i:i + 1].clone(), backbone), text) for i in range(2)])
+    torch.testing.assert_close(scclip.logits(EncodedViews(pixels, backbone), text), alone, rtol=0, atol=1e-6)
 
 
 def test_proxyclip_mixes_values_only_among_tokens_its_dino_features_group(tiny_model, monkeypatch):
     backbone = tiny_model.backbone
-    proxyclip = build_training_free("proxyclip:b16", backbone)
+    proxyclip = build_predictor("proxyclip:b16", backbone=backbone)
     assert proxyclip.foundation.patch_embed.proj.kernel_size == (16, 16)  # DINO ViT-B/16, random beside a random CLIP
     regions = torch.zeros(2, 4, 6, 10)
     regions[:, 0, :, :4], regions[:, 1, :, 4:] = 1.0, 1.0  # two regions on a 6 x 10 DINO grid
     monkeypatch.setattr(proxyclip, "proxy_features", lambda pixels: regions)
-    features = proxyclip.dense_features(torch.randn(2, 3, 64, 80))  # CLIP's grid 8 x 10: values resized to DINO's
+    features = proxyclip.dense_features(EncodedViews(torch.randn(2, 3, 64, 80), backbone))  # CLIP's grid 8 x 10: values resized to DINO's
     assert features.shape == (2, backbone.embed_dim, 6, 10)
     left, right = features[..., :4].flatten(2), features[..., 4:].flatten(2)
     torch.testing.assert_close(left, left[..., :1].expand_as(left))  # one mixture a region
@@ -170,12 +173,17 @@ def test_proxyclip_mixes_values_only_among_tokens_its_dino_features_group(tiny_m
         raise OSError("no network")
     monkeypatch.setattr("timm.create_model", offline)
     with pytest.raises(UserError, match="could not load vit_base_patch8_224.dino weights through timm"):
-        build_training_free("proxyclip", backbone)
+        build_predictor("proxyclip", backbone=backbone)
 
 
 def test_registry_names_presets_and_errors():
-    assert training_free_methods() == ("maskclip", "sclip", "clearclip", "naclip", "resclip", "scclip", "proxyclip",
-                                       "readout")
+    assert list_methods()[:2] == ["synseg", "clipseg"] and "readout" in list_methods("training-free")
+    for name, spec in REGISTRY.items():  # every entry states its title, kind, presets, thresholds and templates
+        assert spec.name == name and spec.title and spec.training_free == (spec.kind == "training-free")
+        for preset in spec.presets.values():
+            assert preset.background_threshold is None or 0 <= preset.background_threshold <= 1
+            assert preset.templates is None or all("{}" in t for t in preset.templates)
+        assert parse_method(name).title == spec.title
     assert [str(m) for m in parse_methods("sclip:voc, naclip,synseg,naclip")] == ["sclip:voc", "naclip", "synseg"]
     assert parse_method("sclip:voc").title == "SCLIP (voc)" and parse_method("clearclip").title == "ClearCLIP"
     with pytest.raises(UserError, match="unknown method 'sam'"):
@@ -186,21 +194,22 @@ def test_registry_names_presets_and_errors():
 
 def test_presets_set_each_methods_logit_scale_and_threshold(tiny_model):
     backbone = tiny_model.backbone
-    assert build_training_free("sclip:voc", backbone).logit_scale == 65.0
-    assert build_training_free("naclip", backbone).background_threshold == 0.1
-    maskclip = build_training_free("maskclip", backbone)
+    assert build_predictor("sclip:voc", backbone=backbone).logit_scale == 65.0
+    assert build_predictor("naclip", backbone=backbone).background_threshold == 0.1
+    maskclip = build_predictor("maskclip", backbone=backbone)
     assert maskclip.logit_scale == pytest.approx(float(backbone.clip.logit_scale.exp()))  # CLIP's own temperature
 
 
 def test_a_class_with_several_names_scores_the_best_of_them(tiny_model):
-    segmenter = Segmenter(build_training_free("clearclip", tiny_model.backbone), templates=("a photo of a {}.",))
+    segmenter = Segmenter(build_predictor("clearclip", backbone=tiny_model.backbone), "whole",
+                          templates=("a photo of a {}.",))
     image = Image.fromarray((torch.rand(40, 48, 3) * 255).byte().numpy())
-    flat = segmenter.activations(image, ["cat", "kitten", "dog"], views=1)
-    grouped = segmenter.activations(image, [("cat", "kitten"), "dog"], views=1)
+    flat = segmenter.activations(image, ["cat", "kitten", "dog"])
+    grouped = segmenter.activations(image, [("cat", "kitten"), "dog"])
     torch.testing.assert_close(grouped, torch.stack([flat[:2].amax(dim=0), flat[2]]))
-    result = segmenter.segment(image, ["cat", "dog"], views=1, background=True, threshold=0.0,
+    result = segmenter.segment(image, ["cat", "dog"], background=True, threshold=0.0,
                                background_names=("sky", "wall"))
-    both = segmenter.activations(image, [("sky", "wall"), "cat", "dog"], views=1)
+    both = segmenter.activations(image, [("sky", "wall"), "cat", "dog"])
     assert (result.label_map == both.argmax(dim=0).numpy()).all()  # background names win as class 0
     assert result.labels == ["cat", "dog"] and result.activations.shape == (2, 40, 48)
 
@@ -227,8 +236,8 @@ def test_readout_is_the_class_token_attending_to_itself_and_one_patch_token_in_e
                 cls = cls + block.ls_2(block.mlp(block.ln_2(cls)))
             per_token.append(cls)
         expected = torch.nn.functional.normalize(visual.ln_post(torch.cat(per_token, dim=1)) @ visual.proj, dim=-1)
-    got = build_training_free("readout", backbone).dense_features(pixels)
+    got = build_predictor("readout", backbone=backbone).dense_features(EncodedViews(pixels, backbone))
     torch.testing.assert_close(got.flatten(2).transpose(1, 2), expected, rtol=1e-5, atol=1e-5)
     # not CLIP's dense tokens (the value path): the readout is its own route
-    maskclip = build_training_free("maskclip", backbone).dense_features(pixels)
+    maskclip = build_predictor("maskclip", backbone=backbone).dense_features(EncodedViews(pixels, backbone))
     assert not torch.allclose(got, maskclip, atol=1e-2)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from synseg.checkpoint import load_model, save_model
 from synseg.errors import UserError
+from synseg.encoding import EncodedViews
 from synseg.protocols.views import make_views, stitch_views
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
 from synseg.models.fss import masked_attention_pooling
@@ -34,7 +35,7 @@ def test_decoder_shapes_across_backbones(name, size, patch, width, layers):
     assert out.features.shape == (3, grid * grid, 64)
     synergy = model(tokens, text, torch.tensor([0, 0, 1]))
     assert synergy.foreground.shape == synergy.background.shape == (3, model.backbone.embed_dim)
-    maps = model.activation_maps(torch.rand(5, 3, size, size), text)
+    maps = model.activation_maps(EncodedViews(torch.rand(5, 3, size, size), model.backbone), text)
     assert maps.shape == (5, 3, size, size) and 0 <= maps.min() and maps.max() <= 1
 
 
@@ -134,8 +135,8 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
     loaded = load_model(tmp_path / "ckpt")
     loaded.backbone.load_state_dict(model.backbone.state_dict())
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
-    a = Segmenter(model).segment(image, ["cat", "dog"], views=5)
-    b = Segmenter(loaded).segment(image, ["cat", "dog"], views=5)
+    a = Segmenter(model).segment(image, ["cat", "dog"])
+    b = Segmenter(loaded).segment(image, ["cat", "dog"])
     np.testing.assert_array_equal(a.activations, b.activations)
     np.testing.assert_array_equal(a.label_map, b.label_map)
 
@@ -172,7 +173,7 @@ def test_segmenter_handles_every_image_mode(tiny_model, tmp_path):
         "1x1": Image.fromarray(rgb[:1, :1]),
     }
     for name, image in images.items():
-        result = segmenter.segment(image, ["a", "b", "c"], views=5, background=True, threshold=0.5)
+        result = segmenter.segment(image, ["a", "b", "c"], background=True, threshold=0.5)
         assert result.label_map.shape == image.size[::-1], name
         assert result.activations.shape == (3, *image.size[::-1]), name
         assert set(np.unique(result.label_map)) <= {0, 1, 2, 3}
@@ -181,15 +182,15 @@ def test_segmenter_handles_every_image_mode(tiny_model, tmp_path):
     Image.fromarray(rgb).save(tmp_path / "rot.jpg", exif=exif)
     from synseg.io import load_image
 
-    assert segmenter.segment(load_image(tmp_path / "rot.jpg"), ["a"], views=1).label_map.shape == (23, 37)
+    assert Segmenter(tiny_model, "whole").segment(load_image(tmp_path / "rot.jpg"), ["a"]).label_map.shape == (23, 37)
 
 
 def test_background_threshold_decides_background(tiny_model):
     image = Image.new("RGB", (32, 32), "gray")
-    segmenter = Segmenter(tiny_model)
-    best = segmenter.segment(image, ["x", "y"], views=1).activations.max(axis=0)
-    assert (segmenter.segment(image, ["x", "y"], views=1, background=True, threshold=1.0).label_map == 0).all()
-    low = segmenter.segment(image, ["x", "y"], views=1, background=True, threshold=float(best.min()) - 1e-6)
+    segmenter = Segmenter(tiny_model, "whole")
+    best = segmenter.segment(image, ["x", "y"]).activations.max(axis=0)
+    assert (segmenter.segment(image, ["x", "y"], background=True, threshold=1.0).label_map == 0).all()
+    low = segmenter.segment(image, ["x", "y"], background=True, threshold=float(best.min()) - 1e-6)
     assert (low.label_map > 0).all()
 
 
@@ -210,7 +211,7 @@ def test_outputs_get_ordinary_file_permissions(tmp_path):
 def test_an_untrained_model_with_the_readout_prior_is_the_readout(tiny_model):
     """prior "readout": the decoder's last layer starts at zero, so an untrained model's maps are the CLS readout's
     class probabilities, for any label set; training then learns a correction."""
-    from synseg.methods import build_training_free
+    from synseg.methods import build_predictor
 
     torch.manual_seed(4)
     model = build_synseg(SynSegConfig(backbone=BackboneConfig("synseg-tiny", None), prior="readout",
@@ -218,12 +219,12 @@ def test_an_untrained_model_with_the_readout_prior_is_the_readout(tiny_model):
     model.backbone.load_state_dict(tiny_model.backbone.state_dict())
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     labels = ["cat", "dog", "sofa", "rug"]
-    ours = Segmenter(model).activations(image, labels, views=1)
-    readout = Segmenter(build_training_free("readout", model.backbone)).activations(image, labels, views=1)
+    ours = Segmenter(model, "whole").activations(image, labels)
+    readout = Segmenter(build_predictor("readout", backbone=model.backbone), "whole").activations(image, labels)
     torch.testing.assert_close(ours, readout, rtol=1e-4, atol=1e-4)
     with torch.no_grad():
         model.decoder.upsample.bias.fill_(1.0)  # a correction moves the maps off the readout
-    assert not torch.allclose(Segmenter(model).activations(image, labels, views=1), readout, atol=1e-2)
+    assert not torch.allclose(Segmenter(model, "whole").activations(image, labels), readout, atol=1e-2)
 
 
 def test_the_grouped_readout_prior_trains_and_returns_the_plain_readouts_cosines():

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from synseg.errors import UserError
-from synseg.methods import build_training_free
+from synseg.encoding import ImageEncoding
+from synseg.methods import build_predictor
 from synseg.protocols.pamr import pamr
 from synseg.protocols import Slide, Views, build_protocol, parse_protocols
 from synseg.protocols.slide import average_windows, resized_size, window_boxes
@@ -35,8 +36,8 @@ def test_a_response_in_one_window_lands_there_and_overlaps_are_averaged():
 def test_a_window_the_size_of_the_image_equals_whole(tiny_model):
     backbone = tiny_model.backbone
     text = backbone.embed_labels(["cat", "dog", "sky"], ("a photo of a {}.",))
-    image = torch.rand(3, backbone.image_size, backbone.image_size)
-    for predictor in (build_training_free("naclip", backbone), tiny_model):
+    image = ImageEncoding(torch.rand(3, backbone.image_size, backbone.image_size))
+    for predictor in (build_predictor("naclip", backbone=backbone), tiny_model):
         slide = Slide(short=backbone.image_size, window=backbone.image_size, stride=8).maps(predictor, image, text)
         torch.testing.assert_close(slide, Views(1).maps(predictor, image, text), rtol=1e-5, atol=1e-5)
 
@@ -44,8 +45,8 @@ def test_a_window_the_size_of_the_image_equals_whole(tiny_model):
 def test_slide_runs_any_method_on_a_non_square_image(tiny_model):
     backbone = tiny_model.backbone
     text = backbone.embed_labels(["cat", "dog"], ("a photo of a {}.",))
-    image = torch.rand(3, 50, 90)
-    for predictor in (build_training_free("sclip", backbone), tiny_model):
+    image = ImageEncoding(torch.rand(3, 50, 90))
+    for predictor in (build_predictor("sclip", backbone=backbone), tiny_model):
         maps = build_protocol("slide:60/40/20").maps(predictor, image, text)
         assert maps.shape == (2, 50, 90) and 0 <= maps.min() and maps.max() <= 1
 
@@ -67,10 +68,30 @@ def test_pamr_sharpens_a_blurred_mask_towards_the_image_edge():
 
 
 def test_protocol_names_and_errors():
-    assert [p.describe() for p in parse_protocols("slide,synseg,whole,slide-tcl", pamr=True)] == [
-        "slide + PAMR (336/224/112)", "synseg + PAMR", "whole + PAMR", "slide-tcl + PAMR (448/448/224)"]
-    assert build_protocol("synseg", views=1).name == "whole"
+    assert [p.describe() for p in parse_protocols("slide,quadrants,whole,slide-tcl", pamr=True)] == [
+        "slide + PAMR (336/224/112)", "quadrants + PAMR", "whole + PAMR", "slide-tcl + PAMR (448/448/224)"]
+    with pytest.raises(UserError, match="unknown protocol 'synseg'"):  # a method's name, not a protocol's
+        build_protocol("synseg")
     with pytest.raises(UserError, match="unknown protocol 'grid'"):
         build_protocol("grid")
     with pytest.raises(UserError, match="slide:SHORT/WINDOW/STRIDE"):
         build_protocol("slide:336/224")
+
+
+def test_an_image_encoding_cuts_views_and_runs_clip_once_for_every_method_and_label_set(tiny_model, monkeypatch):
+    """Encode once, decode many: methods on one backbone asked about one ImageEncoding share its views and CLIP's
+    pass; another encoding of the same pixels computes its own."""
+    backbone = tiny_model.backbone
+    passes = []
+    original = type(backbone).hidden_states
+    monkeypatch.setattr(type(backbone), "hidden_states", lambda self, pixels: passes.append(1) or original(self, pixels))
+    image = torch.rand(3, 40, 56)
+    encoding = ImageEncoding(image)
+    protocol = build_protocol("quadrants")
+    for name in ("maskclip", "sclip", "readout"):
+        for labels in (["cat", "dog"], ["sky"]):
+            text = backbone.embed_labels(labels, ("a photo of a {}.",))
+            protocol.maps(build_predictor(name, backbone=backbone), encoding, text)
+    assert len(passes) == 1
+    protocol.maps(build_predictor("maskclip", backbone=backbone), ImageEncoding(image), text)
+    assert len(passes) == 2

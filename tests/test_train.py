@@ -64,7 +64,7 @@ def test_loss_falls_and_segment_loads_the_result(captions, tmp_path):
     assert "library_name: synseg" in card and "`synseg-tiny`" in card and f"`{data}`: 24 iterations" in card
     image = sorted((data / "JPEGImages").glob("*.png"))[0]
     result = subprocess.run([sys.executable, "-m", "synseg.cli", "segment", str(image), "--labels", "grass, water",
-                             "--checkpoint", str(out / "final"), "--out", str(tmp_path / "masks"), "--views", "1"],
+                             "--checkpoint", str(out / "final"), "--out", str(tmp_path / "masks"), "--protocol", "whole"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "masks" / f"{image.stem}.png").is_file()

@@ -31,7 +31,7 @@ def distinct_colours(path) -> int:
 def test_fig3_is_one_png_of_image_activation_and_six_thresholds(photo, checkpoint, tmp_path):
     out = tmp_path / "fig3.png"
     assert main(["viz", "fig3", str(photo), "--labels", "cat, dog", "--label", "dog", "--checkpoint", str(checkpoint),
-                 "--out", str(out), "--views", "1"]) == 0
+                 "--out", str(out), "--protocol", "whole"]) == 0
     image = Image.open(out)
     assert image.format == "PNG"
     assert image.size == (2080, 350)  # 8 panels of 2.6 in, one square row plus the legend, at 100 dpi
@@ -41,13 +41,13 @@ def test_fig3_is_one_png_of_image_activation_and_six_thresholds(photo, checkpoin
 def test_overlay_and_its_size(photo, checkpoint, tmp_path):
     out = tmp_path / "overlay.png"
     assert main(["viz", "overlay", str(photo), "--labels", "cat, dog", "--background", "--checkpoint", str(checkpoint),
-                 "--out", str(out), "--views", "1"]) == 0
+                 "--out", str(out), "--protocol", "whole"]) == 0
     assert Image.open(out).size == (710, 560)
 
 
 def test_grid_on_real_voc_samples(real_data, checkpoint, tmp_path):
     out = tmp_path / "grid.png"
-    assert main(["viz", "grid", "--benchmark", "voc", "--root", str(real_data), "--limit", "2", "--views", "1",
+    assert main(["viz", "grid", "--benchmark", "voc", "--root", str(real_data), "--limit", "2", "--protocol", "whole",
                  "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     assert Image.open(out).size == (1230, 590)  # 4 panels + legend wide, 2 rows of square VOC samples
 

@@ -214,7 +214,7 @@ class Check:
             for precision in ("fp32", "bf16") if device != "cpu" else ("fp32",):
                 report = self.out / f"eval-{device}-{precision}.json"
                 run([*SYNSEG, "eval", "--benchmark", "folder", "--root", str(bench), "--checkpoint", str(checkpoint),
-                     "--pretrained", str(clip), "--views", "5", "--device", device, "--precision", precision,
+                     "--pretrained", str(clip), "--protocol", "quadrants", "--device", device, "--precision", precision,
                      "--json", str(report)])
                 results[f"{device} {precision}"] = json.loads(report.read_text())["results"][0]["miou"]
                 masks = self.out / f"segment-{device}-{precision}"

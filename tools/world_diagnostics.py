@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from synseg.checkpoint import load_model
+from synseg.encoding import EncodedViews
 from synseg.train.losses import LossConfig, text_gate
 from synseg.train.config import TrainConfig
 from synseg.models import BackboneConfig
@@ -167,7 +168,7 @@ def maps(checkpoint: str, test: Path, images: int) -> None:
         print(f"mean text cosine between different {name}: {(block.sum() - block.trace()) / (len(block) * (len(block) - 1)):.2f}")
     for path in sorted((test / "JPEGImages").glob("*.png"))[:images]:
         image = Image.open(path).convert("RGB")
-        activations = model.activation_maps(backbone_pixels(backbone, np.asarray(image)), text)[0]
+        activations = model.activation_maps(EncodedViews(backbone_pixels(backbone, np.asarray(image)), backbone), text)[0]
         label = np.asarray(Image.open(test / "SegmentationClass" / path.name).resize(activations.shape[-2:], Image.NEAREST))
         inside_outside = []
         for index in np.unique(label):
@@ -197,7 +198,7 @@ def sizes(test: Path, checkpoints: list[str]) -> None:
         covered, outside = [], []
         for path, label in zip(paths, labels):
             pixels = backbone_pixels(model.backbone, np.asarray(Image.open(path).convert("RGB")))
-            fires = model.activation_maps(pixels, text)[0].numpy() > model.config.background_threshold
+            fires = model.activation_maps(EncodedViews(pixels, model.backbone), text)[0].numpy() > model.config.background_threshold
             for index in np.intersect1d(np.unique(label), things):
                 region = label == index
                 covered.append(fires[index][region].mean())
@@ -215,7 +216,8 @@ def readout(test: Path, path: Path) -> None:
     free, restricted, errors, instances = [], [], {}, dict.fromkeys(UNSEEN_THINGS, 0)
     for path_ in paths:
         label = np.asarray(Image.open(test / "SegmentationClass" / path_.name)).astype(np.int64)
-        logits = method.logits(backbone_pixels(backbone, np.asarray(Image.open(path_).convert("RGB"))), text)[0]
+        pixels = backbone_pixels(backbone, np.asarray(Image.open(path_).convert("RGB")))
+        logits = method.logits(EncodedViews(pixels, backbone), text)[0]
         present = np.unique(label)
         hidden = torch.ones(len(CLASSES), dtype=torch.bool)
         hidden[torch.from_numpy(present)] = False

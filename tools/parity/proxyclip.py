@@ -62,10 +62,11 @@ def main() -> None:
     if args.proxyclip_child:
         return proxyclip_child(refs, args.out)
 
-    from synseg.methods import build_training_free
+    from synseg.encoding import EncodedViews
+    from synseg.methods import build_predictor
 
     backbone, _, text = build_inputs(args.out)
-    ours = build_training_free("proxyclip", backbone)
+    ours = build_predictor("proxyclip", backbone=backbone)
     randomised(ours.foundation)
     sys.path.insert(0, str(refs / "dino"))  # its vision_transformer imports its utils
     dino = load_file_module("dino_vit", refs / "dino/vision_transformer.py").vit_base(patch_size=DINO_PATCH)
@@ -100,7 +101,7 @@ def main() -> None:
         logits = F.normalize(theirs_tokens[key], dim=-1) @ text.T
         theirs = F.interpolate(logits.permute(0, 2, 1).reshape(len(pixels), -1, *grid), size=size, mode="bilinear")
         with torch.inference_mode():
-            results[f"proxyclip {key}"] = float((ours.logits(pixels, text) - theirs).abs().max())
+            results[f"proxyclip {key}"] = float((ours.logits(EncodedViews(pixels, backbone), text) - theirs).abs().max())
         print(f"proxyclip {key:<8} max |ours - reference| = {results[f'proxyclip {key}']:.1e}", flush=True)
     (args.out / "parity.json").write_text(json.dumps(results, indent=1) + "\n")
 

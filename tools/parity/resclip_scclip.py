@@ -120,14 +120,15 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from synseg.methods import build_training_free
+    from synseg.encoding import EncodedViews
+    from synseg.methods import build_predictor
 
     references = {"resclip": resclip_reference(args.refs.resolve()), "scclip": scclip_reference(args.refs.resolve())}
     results = {}
     for method, reference in references.items():
         for depth in DEPTHS[method]:
             backbone = random_backbone(depth)
-            ours = build_training_free(method, backbone)
+            ours = build_predictor(method, backbone=backbone)
             torch.manual_seed(1)
             text = F.normalize(torch.randn(7, backbone.embed_dim), dim=-1)
             for key, size in SIZES.items():
@@ -138,7 +139,7 @@ def main() -> None:
                     theirs = logits_from_tokens(reference(backbone.clip.visual, depth, pixels, text, ours.preset),
                                                 text, size)
                 with torch.inference_mode():
-                    results[f"{method} {depth} blocks {key}"] = float((ours.logits(pixels, text) - theirs).abs().max())
+                    results[f"{method} {depth} blocks {key}"] = float((ours.logits(EncodedViews(pixels, backbone), text) - theirs).abs().max())
                 print(f"{method} {depth:>2} blocks {key:<8} max |ours - reference| = "
                       f"{results[f'{method} {depth} blocks {key}']:.1e}", flush=True)
     (args.out / "parity.json").write_text(json.dumps(results, indent=1) + "\n")

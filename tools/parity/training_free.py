@@ -141,7 +141,8 @@ def main() -> None:
     if args.clearclip_child:
         return clearclip_child(args.refs.resolve(), args.out)
 
-    from synseg.methods import build_training_free
+    from synseg.encoding import EncodedViews
+    from synseg.methods import build_predictor
 
     backbone, inputs, text = build_inputs(args.out)
     visual = backbone.clip.visual
@@ -160,14 +161,14 @@ def main() -> None:
     results = {}
     with torch.no_grad():
         for method, reference in references.items():
-            ours = build_training_free(method, backbone)
+            ours = build_predictor(method, backbone=backbone)
             for key, pixels in inputs.items():
                 tokens = reference(key, pixels)
                 if tokens is None:
                     continue  # MaskCLIP's mmseg position-embedding resize is not run here: 224x224 only
                 theirs = logits_from_tokens(tokens, text, tuple(pixels.shape[-2:]))
                 with torch.inference_mode():
-                    results[f"{method} {key}"] = float((ours.logits(pixels, text) - theirs).abs().max())
+                    results[f"{method} {key}"] = float((ours.logits(EncodedViews(pixels, backbone), text) - theirs).abs().max())
     (args.out / "parity.json").write_text(json.dumps(results, indent=1) + "\n")
     for row, diff in results.items():
         print(f"{row:<22} max |ours - reference| = {diff:.1e}")

@@ -9,11 +9,13 @@ import sys
 
 import torch
 
-from synseg.commands.common import add_model_arguments, add_precision_argument, build_model
+from synseg.commands.common import add_model_arguments, add_precision_argument
 from synseg.errors import UserError
 from synseg.io import atomic_path, check_size, ensure_writable_file
 from synseg.research.speed import METHODS, BenchConfig, format_report, run_bench
-from synseg.research.speed.run import VIEW_PROTOCOLS, bench_protocol
+from synseg.protocols import build_protocol
+from synseg.research.speed.methods import REFERENCE
+from synseg.research.speed.run import VIEW_PROTOCOLS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +57,7 @@ def protocol_names(text: str) -> tuple[str, ...]:
     if not all(names):
         raise UserError(f"--protocol must be a comma-separated list with no empty entries, got '{text}'")
     for name in names:
-        bench_protocol(name)
+        build_protocol(name)
     return names
 
 
@@ -76,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method '{unknown[0]}' (choose from {', '.join(METHODS)})")
-    if "synseg" not in methods:
-        methods = ("synseg", *methods)  # the peers are set against it
+    if REFERENCE not in methods:
+        methods = (REFERENCE, *methods)  # the others are set against it
     if args.repeats < 1 or args.max_call_seconds <= 0:
         raise UserError("--repeats must be at least 1 and --max-call-seconds positive")
     if args.threads is not None and args.threads < 1:
@@ -91,9 +93,8 @@ def run(args: argparse.Namespace) -> int:
         ensure_writable_file(args.json)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(args.threads or cores)
-    if args.pretrained is None:
-        args.pretrained = "none"  # speed needs no weights, and none need downloading
-    report = run_bench(build_model(args, warn_untrained=False), config)
+    # speed needs no weights, and none need downloading
+    report = run_bench(config, args.checkpoint, args.backbone, args.pretrained or "none", args.device)
     print(format_report(report))
     if args.json:
         with atomic_path(args.json) as tmp:

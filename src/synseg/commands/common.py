@@ -68,6 +68,7 @@ def predictors_from(args: argparse.Namespace, methods: list, allow_untrained: bo
     from synseg.methods import build_predictors, parse_method
 
     choices = [parse_method(method) for method in methods]
-    if allow_untrained and not args.checkpoint and any(c.spec.needs_checkpoint for c in choices):
+    predictors = build_predictors(choices, args.checkpoint, args.backbone, args.pretrained, args.device, allow_untrained)
+    if not args.checkpoint and any(c.spec.needs_checkpoint for c in choices):
         print("synseg: no --checkpoint given: the decoder is untrained and its masks mean nothing", file=sys.stderr)
-    return build_predictors(choices, args.checkpoint, args.backbone, args.pretrained, args.device, allow_untrained)
+    return predictors

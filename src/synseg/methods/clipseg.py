@@ -48,6 +48,7 @@ class CLIPSegInputs(nn.Module):
         self.model, self.tokenizer = model, tokenizer
         self.image_size = image_size
         self.patch_size = int(model.config.vision_config.patch_size)
+        self.embed_dim = int(model.config.projection_dim)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self._label_cache: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
@@ -82,6 +83,7 @@ class CLIPSeg(nn.Module):
         super().__init__()
         self.backbone = inputs
         self.model = inputs.model.eval()
+        self.model.clip.requires_grad_(False)  # CLIPSeg trains its decoder only; its CLIP is frozen
         self.background_threshold = preset.background_threshold
         self.templates = preset.templates
 

@@ -39,9 +39,11 @@ def call_flops(call: Callable[[], object]) -> float:
 def count_flops(predictor: nn.Module, views: int, classes: int) -> float:
     """Matmul FLOPs of one `activation_maps` call on `views` views [views, 3, size, size] and `classes` text
     embeddings, counted on attention's unfused path (the fused fast-path kernels carry no FLOP formula)."""
+    from synseg.encoding import EncodedViews
+
     backbone = predictor.backbone
     size = backbone.image_size
-    pixels = torch.zeros(views, 3, size, size, device=backbone.device)
+    pixels = EncodedViews(torch.zeros(views, 3, size, size, device=backbone.device), backbone)
     text = F.normalize(torch.ones(classes, backbone.embed_dim, device=backbone.device), dim=-1)
     fastpath_enabled = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)

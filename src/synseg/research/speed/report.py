@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from synseg.research.speed.machine import Machine
-from synseg.research.speed.methods import Method
+from synseg.research.speed.methods import REFERENCE, Method
 
 if TYPE_CHECKING:
     from synseg.research.speed.run import BenchConfig, Row
@@ -32,9 +32,9 @@ class Report:
     def ratios(self) -> list[dict]:
         """Peer latency / SynSeg latency for each protocol and classes measured for both."""
         out = []
-        for ours in (r for r in self.rows if r.method == "synseg"):
+        for ours in (r for r in self.rows if r.method == REFERENCE):
             for peer in self.config.methods:
-                other = self.row(peer, ours.protocol, ours.classes) if peer != "synseg" else None
+                other = self.row(peer, ours.protocol, ours.classes) if peer != REFERENCE else None
                 if other is not None:
                     out.append({"peer": peer, "protocol": ours.protocol, "views": ours.views, "classes": ours.classes,
                                 "peer_over_synseg": other.latency_ms / ours.latency_ms})
@@ -113,7 +113,7 @@ def format_report(report: Report) -> str:
         lines += ["", "peer latency / synseg latency (same protocol, classes, resolution):"]
         lines += [f"  {r['peer']:<10} {r['protocol']:<20} views {r['views']} classes {r['classes']:>4}: {r['peer_over_synseg']:.2f}x"
                   for r in ratios]
-    growth = [g for g in report.class_growth() if g["method"] == "synseg"]
+    growth = [g for g in report.class_growth() if g["method"] == REFERENCE]
     if growth:
         lines += ["", "synseg latency per added class vs the decoder's FLOPs per class at the measured rate:"]
         lines += [f"  {g['protocol']:<10} views {g['views']} classes {g['classes'][0]}->{g['classes'][1]}: "

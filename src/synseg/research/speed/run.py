@@ -17,25 +17,21 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from synseg.encoding import EncodedViews
 from synseg.errors import UserError
 from synseg.models.backbone import ClipBackbone
-from synseg.models.synseg import DEFAULT_TEMPLATES, SynSeg
+from synseg.models.synseg import DEFAULT_TEMPLATES
 from synseg.predictor import PRECISIONS, Segmenter  # bf16: the bound uses the bf16 matmul rate
-from synseg.protocols import Protocol, build_protocol
+from synseg.protocols import build_protocol
 from synseg.research.speed.clock import elapsed, synchronize
 from synseg.research.speed.flops import call_flops
 from synseg.research.speed.machine import load_average, measure_machine
 from synseg.research.speed.memory import peak_memory
-from synseg.research.speed.methods import METHODS, Method, build_methods
+from synseg.research.speed.methods import METHODS, REFERENCE, Method, build_methods
 from synseg.research.speed.profiling import profile_call
 from synseg.research.speed.report import Report
 
 VIEW_PROTOCOLS = ("whole", "quadrants")  # the whole image alone, and with its 4 quadrants: FLOPs by Method.flops
-
-
-def bench_protocol(name: str) -> Protocol:
-    """The protocol a --protocol entry names: whole, quadrants, slide, slide-tcl or slide:S/W/T."""
-    return build_protocol("synseg" if name == "quadrants" else name)  # until the protocol rename lands
 
 
 @dataclass
@@ -81,7 +77,7 @@ class Clocked:
         self.seconds: list[float] = []
 
     def _timed(self, fn, *args):
-        device = args[0].device
+        device = self.backbone.device
         synchronize(device)
         start = time.perf_counter()
         out = fn(*args)
@@ -89,11 +85,11 @@ class Clocked:
         self.seconds.append(time.perf_counter() - start)
         return out
 
-    def activation_maps(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self._timed(self.method.predictor.activation_maps, pixels, text)
+    def activation_maps(self, views: EncodedViews, text: torch.Tensor) -> torch.Tensor:
+        return self._timed(self.method.predictor.activation_maps, views, text)
 
-    def logits(self, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self._timed(self.method.predictor.logits, pixels, text)
+    def logits(self, views: EncodedViews, text: torch.Tensor) -> torch.Tensor:
+        return self._timed(self.method.predictor.logits, views, text)
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return self.method.predictor.activate(logits)
@@ -111,12 +107,12 @@ def measure(method: Method, image: Image.Image, protocol: str, classes: int, con
     on one more call otherwise; the bound is FLOPs at `bound_gflops` GFLOP/s."""
     clocked = Clocked(method)
     device = clocked.backbone.device
-    segmenter = Segmenter(clocked, templates=DEFAULT_TEMPLATES, precision=config.precision)
+    run = build_protocol(protocol)
+    segmenter = Segmenter(clocked, run, templates=DEFAULT_TEMPLATES, precision=config.precision)
     labels = [f"class {index}" for index in range(classes)]
     clocked.backbone.embed_labels(labels, DEFAULT_TEMPLATES)  # cached: no method pays for text below
-    run = bench_protocol(protocol)
     views = run.view_count(image.height, image.width)
-    call = lambda: segmenter.segment(image, labels, protocol=run)  # noqa: E731
+    call = lambda: segmenter.segment(image, labels)  # noqa: E731
     with peak_memory(device) as peak:
         call()
     flops = method.flops(views, classes) if protocol in VIEW_PROTOCOLS else call_flops(call)
@@ -125,7 +121,7 @@ def measure(method: Method, image: Image.Image, protocol: str, classes: int, con
     while len(seconds) < config.repeats and (not seconds or sum(seconds) < config.max_call_seconds):
         seconds.append(elapsed(call, device))
     model_seconds = list(clocked.seconds)  # before the profiled call, whose time the profiler inflates
-    profiled = profile_call(call, device) if config.profile and method.name == "synseg" else None
+    profiled = profile_call(call, device) if config.profile and method.name == REFERENCE else None
     latency = statistics.median(seconds)
     return Row(
         method=method.name, device=str(device), views=views, classes=classes,
@@ -135,17 +131,19 @@ def measure(method: Method, image: Image.Image, protocol: str, classes: int, con
     )
 
 
-def run_bench(model: SynSeg, config: BenchConfig, progress: bool = True) -> Report:
+def run_bench(config: BenchConfig, checkpoint: str | None = None, backbone: str | None = None,
+              pretrained: str | None = "none", device: str = "auto", progress: bool = True) -> Report:
     """Measure every method under every protocol (VIEW_PROTOCOLS first) at every class count; peers' rows predicted
     to exceed max_call_seconds are skipped (only VIEW_PROTOCOLS rows have FLOPs known beforehand)."""
     if config.precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision}")
-    device = model.backbone.device
+    methods = build_methods(config.methods, checkpoint, backbone, pretrained, device)
+    device = methods[0].predictor.backbone.device
     machine = measure_machine(device, config.precision)
-    report = Report(config, machine, build_methods(model, config.methods))
+    report = Report(config, machine, methods)
     image = random_image(*config.image_size)
     protocols = [*config.view_protocols(), *(p for p in config.protocols if p not in VIEW_PROTOCOLS)]
-    views = {p: bench_protocol(p).view_count(image.height, image.width) for p in protocols}
+    views = {p: build_protocol(p).view_count(image.height, image.width) for p in protocols}
     grid = [(p, k) for p in protocols for k in sorted(config.classes)]
     achieved: dict[str, float] = {}  # FLOP/s each method reached on its last row: predicts the next row's time
     with tqdm(total=len(grid) * len(report.methods), desc="bench", unit="row", disable=not progress, file=sys.stderr) as bar:
@@ -155,7 +153,7 @@ def run_bench(model: SynSeg, config: BenchConfig, progress: bool = True) -> Repo
                 flops = method.flops(views[protocol], classes) if protocol in VIEW_PROTOCOLS else 0.0
                 rate = achieved.get(method.name)
                 predicted = flops / rate if flops and rate else 0.0
-                if method.name != "synseg" and predicted > config.max_call_seconds:
+                if method.name != REFERENCE and predicted > config.max_call_seconds:
                     report.skipped.append({"method": method.name, "protocol": protocol, "views": views[protocol],
                                            "classes": classes, "predicted_s": round(predicted, 1)})
                 else:
