@@ -317,3 +317,12 @@ def test_training_free_methods_under_two_protocols_print_one_table(real_data, tm
     code, _, err = run_eval(capsys, "--benchmark", "voc", "--root", str(real_data), *TINY, "--method", "sclip",
                             "--class-names", str(tmp_path / "short.txt"))
     assert code == 2 and "has 2 classes but voc has 20 (or 21 with background first)" in err
+
+
+def test_clipseg_is_evaluated_like_any_method(real_data, capsys):
+    """`synseg eval --method clipseg`: Hugging Face's CLIPSeg (random weights here: `--pretrained none`) beside a
+    training-free method in one table."""
+    code, out, err = run_eval(capsys, "--benchmark", "voc", "--root", str(real_data), *TINY, "--limit", "1",
+                              "--method", "clipseg,maskclip", "--protocol", "whole")
+    assert code == 0, err
+    assert [line.split(" | ")[0] for line in out.splitlines()[2:]] == ["| CLIPSeg", "| MaskCLIP"]

@@ -241,3 +241,24 @@ def test_readout_is_the_class_token_attending_to_itself_and_one_patch_token_in_e
     # not CLIP's dense tokens (the value path): the readout is its own route
     maskclip = build_predictor("maskclip", backbone=backbone).dense_features(EncodedViews(pixels, backbone))
     assert not torch.allclose(got, maskclip, atol=1e-2)
+
+
+def test_clipseg_loads_weights_saved_by_transformers_from_a_local_folder(tiny_model, tmp_path):
+    """`--pretrained DIR`: a folder written by `save_pretrained` (model and image processor, as on the hub) gives the
+    views' size and normalisation; labels are embedded by CLIPSeg's own text tower."""
+    transformers = pytest.importorskip("transformers", reason="CLIPSeg needs transformers: pip install 'synseg[clipseg]'")
+    from synseg.methods.clipseg import clipseg_dims
+
+    torch.manual_seed(0)
+    model = transformers.CLIPSegForImageSegmentation(transformers.CLIPSegConfig(**clipseg_dims(tiny_model.backbone)))
+    model.save_pretrained(tmp_path)
+    transformers.ViTImageProcessor(size={"height": 48, "width": 48}, image_mean=[0.5, 0.4, 0.3],
+                                   image_std=[0.2, 0.2, 0.2]).save_pretrained(tmp_path)
+    clipseg = build_predictor("clipseg", backbone="synseg-tiny", pretrained=str(tmp_path), device="cpu")
+    assert clipseg.backbone.image_size == 48 and clipseg.backbone.mean.flatten().tolist() == pytest.approx([0.5, 0.4, 0.3])
+    text = clipseg.backbone.embed_labels(["cat", "dog"], ("a photo of a {}.",))
+    tokens = clipseg.backbone.tokenizer(["a photo of a cat.", "a photo of a dog."])
+    torch.testing.assert_close(text, model.get_conditional_embeddings(2, tokens))
+    image = Image.fromarray((torch.rand(30, 50, 3) * 255).byte().numpy())
+    result = Segmenter(clipseg, "whole").segment(image, ["cat", "dog"])
+    assert result.maps.shape == (2, 30, 50)

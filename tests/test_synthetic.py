@@ -194,6 +194,21 @@ def test_every_shipped_world_config_makes_valid_rows(path) -> None:
     check_rows(from_dict(WorldConfig, {"clip": "world-clip.safetensors", **json.loads(path.read_text())}, path.name))
 
 
+def test_the_world_rows_and_the_training_recipes_are_valid_data() -> None:
+    """rows.json: every row (and every registered training-free method's row) builds its configs, and the default
+    table, which holds every training-free method, names only known rows; every recipe builds a TrainConfig."""
+    from synseg.methods import list_methods
+    from synseg.research.world.experiment import ROWS, TABLE_ROWS, WorldConfig, check_rows
+    from synseg.train.config import RECIPES, recipe_config
+
+    check_rows(WorldConfig(clip="world-clip.safetensors", variants=tuple(ROWS)))
+    check_rows(WorldConfig(clip="world-clip.safetensors"))
+    assert {ROWS[name].get("method") for name in TABLE_ROWS} >= set(list_methods("training-free"))
+    assert set(RECIPES) == {"measured", "paper"}
+    for name in RECIPES:
+        recipe_config(name)
+
+
 def test_a_row_with_a_bad_field_fails_before_anything_runs(tmp_path) -> None:
     from synseg.research.world.experiment import WorldConfig, run_experiment
 

@@ -60,8 +60,7 @@ def build_setup(checkpoint: str | None = None, backbone: str | None = None, pret
 
     world = not checkpoint and not backbone
     if world:
-        from synseg.research.world.experiment import WorldConfig
-        from synseg.synthetic import SHIPPED_CLIP, SHIPPED_DEMO
+        from synseg.synthetic import PROTOCOL, SCENE_SIZE, SHIPPED_CLIP, SHIPPED_DEMO
 
         checkpoint, pretrained = str(SHIPPED_DEMO), pretrained or str(SHIPPED_CLIP)
     methods = (["synseg"] if checkpoint else []) + list_methods("training-free")
@@ -69,9 +68,9 @@ def build_setup(checkpoint: str | None = None, backbone: str | None = None, pret
     predictors = {f"{c.title} (training-free)" if c.spec.training_free else c.title: p for c, p in built.items()}
     threshold = next(iter(built.values())).background_threshold
     if world:
-        _, labels = world_scene(0, WorldConfig.scene_size)
+        _, labels = world_scene(0, SCENE_SIZE)
         return AppSetup("the world model shipped with synseg (generated scenes)", predictors, labels,
-                        WorldConfig.protocol, scene_size=WorldConfig.scene_size, threshold=threshold)
+                        PROTOCOL, scene_size=SCENE_SIZE, threshold=threshold)
     from importlib import resources
 
     example = resources.files("synseg").joinpath("assets", "aeroplane.jpg")
@@ -81,10 +80,10 @@ def build_setup(checkpoint: str | None = None, backbone: str | None = None, pret
 
 def world_scene(seed: int, size: int) -> tuple[Image.Image, str]:
     """A new generated scene and the world's class names as its labels."""
-    from synseg.research.world.experiment import WorldConfig
+    from synseg.synthetic import BACKDROP
     from synseg.synthetic.world import CLASSES, make_scene, scene_rng
 
-    scene = make_scene(scene_rng(seed, 0), size, "test", backdrop=WorldConfig.backdrop)
+    scene = make_scene(scene_rng(seed, 0), size, "test", backdrop=BACKDROP)
     return Image.fromarray(scene.image), ", ".join(CLASSES)
 
 

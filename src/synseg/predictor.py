@@ -56,7 +56,7 @@ def best_label(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[K, H, W] -> the highest activation per pixel and its class (the first on ties), as `maps.max(dim=0)`.
 
     A running maximum reads each class's map once, in order; `max(dim=0)` strides across the K maps for every pixel
-    and takes 2.2x as long at 150 classes and 512x512 on CPU (docs/speed.md).
+    and is slower on CPU (docs/speed.md).
     """
     best, index = maps[0].clone(), torch.zeros(maps.shape[1:], dtype=torch.int64, device=maps.device)
     for k in range(1, len(maps)):

@@ -24,8 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from synseg.io import ensure_writable_dir
     from synseg.methods import build_predictors, list_methods
     from synseg.predictor import Segmenter
-    from synseg.research.world.experiment import WorldConfig, chance_counts, per_class_iou, scene_counts, summarise, table
-    from synseg.synthetic import SHIPPED_CLIP, SHIPPED_DEMO
+    from synseg.research.world.experiment import chance_counts, per_class_iou, scene_counts, summarise, table
+    from synseg.synthetic import BACKDROP, PROTOCOL, SCENE_SIZE, SHIPPED_CLIP, SHIPPED_DEMO
     from synseg.synthetic.world import write_split
     from synseg.viz import benchmark_grid_rows, grid_figure, require_matplotlib, save_figure
 
@@ -34,12 +34,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"need --scenes >= 1 and 1 <= --show <= --scenes, got --scenes {args.scenes} --show {args.show}")
     out = ensure_writable_dir(args.out)
     scenes = write_split(out / f"scenes-seed{args.seed}", args.scenes, SCENE_SEED + args.seed, "test",
-                         WorldConfig.scene_size, WorldConfig.backdrop)
+                         SCENE_SIZE, BACKDROP)
     checkpoint, pretrained = (args.checkpoint, None) if args.checkpoint else (str(SHIPPED_DEMO), str(SHIPPED_CLIP))
     predictors = build_predictors(["synseg", *list_methods("training-free")], checkpoint, pretrained=pretrained)
     benchmark = get_benchmark("folder", scenes)
     segmenters = {(c.title if not c.spec.training_free else f"{c.title} (training-free, same CLIP)"):
-                  Segmenter(predictor, WorldConfig.protocol) for c, predictor in predictors.items()}
+                  Segmenter(predictor, PROTOCOL) for c, predictor in predictors.items()}
     counts = {name: scene_counts(benchmark, segmenter_predict(segmenter, benchmark))
               for name, segmenter in segmenters.items()}
     counts["Chance (uniform random labels)"] = chance_counts(scenes, args.seed)

@@ -20,7 +20,7 @@ from torch import nn
 from synseg.encoding import EncodedViews
 from synseg.errors import UserError
 from synseg.methods.spec import MethodSpec, Preset, Sources
-from synseg.models.backbone import ClipBackbone
+from synseg.models.backbone import ClipBackbone, quiet_hub
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,7 +141,7 @@ def build(sources: Sources, preset: CLIPSegPreset) -> CLIPSeg:
         from transformers import AutoImageProcessor, CLIPSegConfig, CLIPSegForImageSegmentation
     except ImportError:
         raise UserError("CLIPSeg needs transformers: pip install 'synseg[clipseg]'") from None
-    if str(sources.pretrained).lower() == "none":
+    if sources.pretrained is not None and sources.pretrained.lower() == "none":
         clip = sources.clip
         model = CLIPSegForImageSegmentation(CLIPSegConfig(**clipseg_dims(clip)))
         inputs = CLIPSegInputs(model, clip.tokenizer, clip.image_size, clip.mean.flatten().tolist(),
@@ -149,14 +149,17 @@ def build(sources: Sources, preset: CLIPSegPreset) -> CLIPSeg:
         return CLIPSeg(inputs.to(sources.device), preset)
     weights = sources.pretrained if sources.pretrained and Path(sources.pretrained).is_dir() else preset.weights
     try:
-        model = CLIPSegForImageSegmentation.from_pretrained(weights)
-        processor = AutoImageProcessor.from_pretrained(weights)
+        with quiet_hub():
+            model = CLIPSegForImageSegmentation.from_pretrained(weights)
+            processor = AutoImageProcessor.from_pretrained(weights)
     except OSError as error:
-        raise UserError(f"could not load CLIPSeg weights {weights} ({' '.join(str(error).split())[:160]}); where there "
+        reason = " ".join(str(error).split()).split(". ")[0][:160]
+        raise UserError(f"could not load CLIPSeg weights {weights} ({reason}); where there "
                         "is no network, download them elsewhere (hf download) and pass the folder: --pretrained DIR") from None
     size = processor.size
     image_size = int(size if isinstance(size, int) else size["height"])
-    inputs = CLIPSegInputs(model, open_clip.get_tokenizer("ViT-B-16"), image_size, list(processor.image_mean),
+    tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=model.config.text_config.max_position_embeddings)
+    inputs = CLIPSegInputs(model, tokenizer, image_size, list(processor.image_mean),
                            list(processor.image_std))
     return CLIPSeg(inputs.to(sources.device), preset)
 

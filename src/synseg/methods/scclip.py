@@ -17,7 +17,7 @@ per view; the code takes one image at a time, here every view and window of a ba
 The block indices are `released_index`'s. Where the code's outlier positions divide by the grid's row count (right
 only on square grids; it fails on others), the position here is the token's own.
 A grid of fewer than 31 tokens uses all the others as neighbours. The code's outlier search builds every pairwise
-difference (quadratic in tokens times width: 3 s at 784 tokens of width 768 on one core); here the exact differences
+difference (quadratic in tokens times width, docs/training-free.md); here the exact differences
 are taken only for the nearest candidates by the Gram-matrix distance (`nearest`): the same neighbours unless the
 two roundings put a token's 31st nearest beyond its 39th.
 """

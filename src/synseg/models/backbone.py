@@ -79,12 +79,12 @@ def create_clip(config: BackboneConfig) -> nn.Module:
                 f"--pretrained '{pretrained}' is neither an existing file nor a tag of {config.name} (tags: {tags})"
             )
     if pretrained is not None and Path(pretrained).is_file():
-        with _quiet_hub():  # open_clip warns that it loaded no weights: they come next
+        with quiet_hub():  # open_clip warns that it loaded no weights: they come next
             model = open_clip.create_model(config.name, pretrained=None, force_quick_gelu=quick_gelu)
         load_clip_file(model, Path(pretrained), config.name)
         return model
     try:
-        with _quiet_hub():
+        with quiet_hub():
             return open_clip.create_model(config.name, pretrained=pretrained, force_quick_gelu=quick_gelu)
     except RuntimeError as error:
         if "download" in str(error).lower():
@@ -107,7 +107,7 @@ def load_clip_file(model: nn.Module, path: Path, name: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_hub():
+def quiet_hub():
     """Silence open_clip/hub logging and, when the hub is unreachable, use only the local cache (no minute of retries)."""
     import huggingface_hub.constants as hub
 

@@ -38,7 +38,8 @@ class Protocol(ABC):
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Antialiased when shrinking; when enlarging, antialiasing changes only rounding (~1e-6) but costs 1.5-3x the time."""
+    """[..., h, w] -> [..., size]: antialiased when shrinking; not when enlarging, where antialiasing changes only
+    rounding but costs time (docs/speed.md)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     shrinks = size[0] < x.shape[-2] or size[1] < x.shape[-1]

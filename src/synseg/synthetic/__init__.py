@@ -26,9 +26,12 @@ WORLD_CLIP = "synseg-world-clip"  # the world CLIP's open_clip architecture (mod
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHIPPED_CLIP = ASSETS / "world-clip.safetensors"  # the world CLIP's weights, shipped inside synseg
 SHIPPED_DEMO = ASSETS / "world-demo"  # `synseg demo`'s checkpoint (docs/world.md: how it is rebuilt)
+SCENE_SIZE = 64  # the world CLIP's input size: scenes are drawn at it and nothing is resampled
+BACKDROP = 0.5  # share of scenes with a second stuff behind a horizon
+PROTOCOL = "whole"  # 64-px scenes: quadrant views would only upsample 32-px crops
 
 __all__ = [
-    "ASSETS", "SHIPPED_CLIP", "SHIPPED_DEMO", "WORLD_CLIP",
+    "ASSETS", "BACKDROP", "PROTOCOL", "SCENE_SIZE", "SHIPPED_CLIP", "SHIPPED_DEMO", "WORLD_CLIP",
     "CLASSES", "COLOURS", "PATTERNS", "SEEN_THINGS", "SILHOUETTES", "SPLITS", "STUFF", "STUFF_NOUNS", "THINGS", "UNSEEN", "UNSEEN_THINGS",
     "Scene", "Thing", "make_scene", "scene_rng", "write_split",
 ]

@@ -34,7 +34,7 @@ from synseg.io import atomic_path
 from synseg.methods import REGISTRY, build_predictor, list_methods
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
 from synseg.predictor import Segmenter
-from synseg.synthetic import WORLD_CLIP
+from synseg.synthetic import BACKDROP, PROTOCOL, SCENE_SIZE, WORLD_CLIP
 from synseg.synthetic.world import CLASSES, SEEN_THINGS, STUFF, THINGS, UNSEEN_THINGS, write_split
 from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 
@@ -65,18 +65,18 @@ class WorldConfig:
     clip: str  # the world CLIP's weights (python -m synseg.research.world.tiny_clip)
     train_scenes: int = 1200
     test_scenes: int = 200
-    scene_size: int = 64  # the world CLIP's input size: nothing is resampled
-    backdrop: float = 0.5  # share of scenes with a second stuff behind a horizon
+    scene_size: int = SCENE_SIZE
+    backdrop: float = BACKDROP
     world_seed: int = 1
     seeds: tuple[int, ...] = (0, 1, 2)
     variants: tuple[str, ...] = TABLE_ROWS
     rows: dict = field(default_factory=dict)  # more rows, or other definitions of ROWS' names, in ROWS' format
     train: dict = field(default_factory=lambda: copy.deepcopy(TRAIN))
-    # no dropout: on CPU its Bernoulli masks cost a third of a step (71-76 samples/s per process without, 47-51 with),
+    # no dropout: on CPU its Bernoulli masks cost a third of a step (docs/world.md),
     # and the default recipe scored within its seeds' spread either way (docs/world.md)
     decoder: dict = field(default_factory=lambda: {"ffn_dim": 256, "dropout": 0.0})
     model: dict = field(default_factory=lambda: copy.deepcopy(RECIPES[DEFAULT_RECIPE]["model"]))  # SynSegConfig overrides
-    protocol: str = "whole"  # 64-px scenes: quadrant views would only upsample 32-px crops
+    protocol: str = PROTOCOL
 
     def row(self, name: str) -> dict:
         return {**ROWS, **self.rows}[name]
@@ -328,12 +328,10 @@ def _one_thread() -> None:
 
 
 def run_experiment(config: WorldConfig, out: Path, jobs: int = 1) -> dict:
-    """The table; with `jobs` > 1 its (seed, row) cells run in that many processes of one thread each: a world run's
-    small decoder steps are bound by per-operation overhead more than arithmetic, so on two cores two one-thread
-    processes get through more iterations than one two-thread process (docs/world.md). With only one cell to train
-    (the quick variant) there is nothing to run beside it, and it trains here on every thread. Cells start longest
-    first, so that at the end no process waits alone behind a long cell (the last supervised seed once kept one
-    process idle for 5 of the table's 46 minutes)."""
+    """Run every (seed, row) cell of `config` in `out` (finished cells are reused) and write out/report.json; returns
+    the report. With `jobs` > 1 the cells run in that many processes of one thread each (small decoder steps are bound
+    by per-operation overhead, docs/world.md); with one cell to train it trains here on every thread. Cells start
+    longest first, so that no process waits alone behind a long cell at the end. Raises UserError for a bad config."""
     rows = {**ROWS, **config.rows}
     check_rows(config)
     out.mkdir(parents=True, exist_ok=True)
@@ -362,11 +360,18 @@ def run_experiment(config: WorldConfig, out: Path, jobs: int = 1) -> dict:
         scores = [summarise(per_class_iou(c.sum(axis=0))) for c in per_seed]
         rows[name] = {key: [score[key] for score in scores] for key in GROUPS}
         rows[name]["interval"] = bootstrap_interval(per_seed)
-    report = {"config": asdict(config), "minutes": round((time.perf_counter() - started) / 60, 1),
+    report = {"config": {**asdict(config), "clip": portable(config.clip)}, "minutes": round((time.perf_counter() - started) / 60, 1),
               "test_scenes": int(counts[0].shape[0]), "rows": rows}
     report["table"] = table(report["rows"])
     write_json(report, out / "report.json")
     return report
+
+
+def portable(path: str) -> str:
+    """A path as a report keeps it: relative to the working folder when inside it, else the file's name (no machine
+    paths in reports that are committed)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else resolved.name
 
 
 def table(rows: dict[str, dict[str, list[float]]]) -> str:
