@@ -1,8 +1,9 @@
 """Matmul FLOPs of a dense predictor's call, counted by torch's FlopCounterMode."""
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,17 @@ def call_flops(call: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
+@contextlib.contextmanager
+def unfused_attention() -> Iterator[None]:
+    """nn.MultiheadAttention's fused fast path off (its kernel carries no FLOP formula), restored after."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 def count_flops(predictor: nn.Module, views: int, classes: int) -> float:
     """Matmul FLOPs of one `activation_maps` call on `views` views [views, 3, size, size] and `classes` text
     embeddings, counted on attention's unfused path (the fused fast-path kernels carry no FLOP formula)."""
@@ -45,9 +57,5 @@ def count_flops(predictor: nn.Module, views: int, classes: int) -> float:
     size = backbone.image_size
     pixels = EncodedViews(torch.zeros(views, 3, size, size, device=backbone.device), backbone)
     text = F.normalize(torch.ones(classes, backbone.embed_dim, device=backbone.device), dim=-1)
-    fastpath_enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
+    with unfused_attention():
         return call_flops(lambda: predictor.activation_maps(pixels, text))
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath_enabled)
