@@ -223,7 +223,7 @@ def train_reports(tmp_path_factory):
     """Both recipes with and without the cache at 2 phrases per image; the default recipe at 4 phrases."""
     folder = tmp_path_factory.mktemp("bench-train")
     return {2: train_bench(folder / "two.json", "--max-phrases", "2"),
-            4: train_bench(folder / "four.json", "--max-phrases", "4", "--recipe", "measured")}
+            4: train_bench(folder / "four.json", "--max-phrases", "4", "--recipe", "measured", "--profile")}
 
 
 def test_train_rows_have_the_schema_and_parts_that_add_up_to_the_step(train_reports):
@@ -244,6 +244,13 @@ def test_train_rows_have_the_schema_and_parts_that_add_up_to_the_step(train_repo
         # the cache replaces the frozen CLIP's work by reads
         assert (row["encoder_flops_per_sample"] == 0) == row["cached"]
         assert row["encoder_flops_per_sample"] < row["flops_per_sample"]
+
+
+def test_train_profile_names_the_operators_of_the_step(train_reports):
+    for row in train_reports[4]["rows"]:
+        assert 1 <= len(row["profile"]) <= 8 and all(p["self_ms"] > 0 for p in row["profile"])
+        assert any("mm" in p["op"] for p in row["profile"])  # the decoder's products, forward and backward
+    assert all(row["profile"] is None for row in train_reports[2]["rows"])
 
 
 def test_train_flops_grow_with_the_decoders_work(train_reports):
@@ -275,9 +282,20 @@ def test_train_settings_follow_the_recipes_and_the_world_experiment():
     (["--recipe", "fast"], "unknown recipe 'fast'"),
     (["--setting", "coco"], "unknown setting 'coco'"),
     (["--batch-size", "0"], "--repeats, --batch-size and --max-phrases must be at least 1"),
-    (["--profile"], "drop --checkpoint and --profile"),
+    (["--checkpoint", "run/final"], "drop --checkpoint"),
 ])
 def test_bad_train_arguments_fail_in_one_line(argv, message, capsys):
     assert main(["bench", "--train", "--backbone", "synseg-tiny", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_attention_backward_on_cpu_is_counted():
+    """Training without dropout runs the decoder's attention through the CPU flash kernel and its backward (the world
+    setting): 4 T^2 d per head forward, 2.5 times that backward."""
+    import torch.nn.functional as F
+
+    from synseg.research.speed.flops import call_flops
+
+    q, k, v = (torch.randn(1, 2, 16, 8, requires_grad=True) for _ in range(3))
+    assert call_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == 3.5 * 4 * 2 * 16 * 16 * 8

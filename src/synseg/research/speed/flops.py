@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from synseg.models import fastpath
 
@@ -17,14 +17,19 @@ def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> 
     return sdpa_flop_count(query, key, value)
 
 
+def _cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
 def _linear_flops(x, weight, *args, out_shape=None, **kwargs) -> int:
     return 2 * math.prod(x) * weight[0]
 
 
 def extra_flop_formulas() -> dict:
-    """FLOP formulas FlopCounterMode lacks: the CPU attention kernel scaled_dot_product_attention picks for some shapes,
-    and oneDNN's linear (synseg.models.fastpath)."""
-    formulas = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+    """FLOP formulas FlopCounterMode lacks: the CPU attention kernel scaled_dot_product_attention picks for some shapes
+    and its backward (training without dropout), and oneDNN's linear (synseg.models.fastpath)."""
+    formulas = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+                torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops}
     if fastpath.onednn_available():
         formulas[torch.ops.mkldnn._linear_pointwise] = _linear_flops
     return formulas

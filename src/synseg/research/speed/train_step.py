@@ -45,6 +45,7 @@ from synseg.research.speed.clock import synchronize
 from synseg.research.speed.flops import call_flops, unfused_attention
 from synseg.research.speed.machine import Machine, load_average, measure_machine
 from synseg.research.speed.memory import peak_memory
+from synseg.research.speed.profiling import profile_call
 from synseg.research.speed.report import machine_lines
 from synseg.train.cache import FeatureCache
 from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig, recipe_config
@@ -65,6 +66,7 @@ class TrainBenchConfig:
     cache: tuple[bool, ...] = (False, True)  # without and with the feature cache
     repeats: int = 3  # timed steps per row after one warm-up step
     precision: str | None = None  # "fp32" or "bf16" (autocast); None: the setting's (the recipe's "auto", world fp32)
+    profile: bool = False  # one more step per row under torch.profiler: which operators take the time
 
 
 @dataclass
@@ -93,6 +95,7 @@ class TrainRow:
     trainable_params: int
     repeats: int
     step_ms: list[float] = field(default_factory=list)  # every timed step
+    profile: list[dict] | None = None  # the operators with the most time of their own in one more step (profile)
 
 
 @dataclass
@@ -190,10 +193,10 @@ def step_flops(step: TrainStep, samples: list, iteration: int) -> tuple[float, f
 
 
 def measure_row(step: TrainStep, config: TrainConfig, recipe: str, setting: str, cached: bool, repeats: int,
-                machine: Machine) -> TrainRow:
+                machine: Machine, profile: bool = False) -> TrainRow:
     """One row: a warm-up step (it fills the cache and makes AdamW's state), a step under the FLOP counter and the
     memory tracker (attention unfused: its probabilities held, a few MB more than the fused kernels'), then `repeats`
-    timed steps."""
+    timed steps (and, with `profile`, one more under torch.profiler, counted in none of them)."""
     model, device = step.model, step.device
     size = model.backbone.image_size
     samples = synthetic_samples(size, config.batch_size, config.max_phrases)
@@ -206,6 +209,7 @@ def measure_row(step: TrainStep, config: TrainConfig, recipe: str, setting: str,
     with peak_memory(device) as peak:  # the same step: one step fewer (on a CPU, a ViT-B/16 step takes seconds)
         frozen, rest = step_flops(step, samples, iteration)
     runs = [timed_step(step, samples, iteration) for _ in range(repeats)]
+    profiled = profile_call(lambda: timed_step(step, samples, iteration), device) if profile else None
     totals = [sum(run.values()) for run in runs]
     median = runs[totals.index(statistics.median_low(totals))]
     seconds = sum(median.values())
@@ -221,7 +225,7 @@ def measure_row(step: TrainStep, config: TrainConfig, recipe: str, setting: str,
         **{f"{part}_ms": median[part] * 1e3 for part in PARTS},
         flops_per_sample=flops / config.batch_size, encoder_flops_per_sample=frozen / config.batch_size,
         bound_ms=bound * 1e3, x_bound=seconds / bound, peak_mem_mb=(resident + peak[0]) / 2**20,
-        trainable_params=trainable, repeats=repeats, step_ms=[t * 1e3 for t in totals],
+        trainable_params=trainable, repeats=repeats, step_ms=[t * 1e3 for t in totals], profile=profiled,
     )
 
 
@@ -248,7 +252,8 @@ def run_train_bench(config: TrainBenchConfig, device: str = "auto", progress: bo
                 cache = FeatureCache(Path(tmp) / str(number), model.backbone, train.phrase_templates,
                                      model.feature_layers) if cached else None
                 step = TrainStep(train, model, torch_device, cache)
-                report.rows.append(measure_row(step, train, recipe, setting, cached, config.repeats, machine))
+                report.rows.append(measure_row(step, train, recipe, setting, cached, config.repeats, machine,
+                                               config.profile))
                 bar.update()
             del model
     machine.load_end = load_average()
@@ -276,4 +281,8 @@ def format_train_report(report: TrainReport) -> str:
                      f"{r.data_ms:>7.1f}{r.encoder_ms:>8.1f}{r.forward_ms:>8.1f}{r.backward_ms:>9.1f}"
                      f"{r.optimizer_ms:>7.1f}{r.flops_per_sample / 1e9:>13.3f}{r.bound_ms:>9.1f}{r.x_bound:>8.2f}"
                      f"{r.peak_mem_mb:>8.0f}")
+    for r in (r for r in report.rows if r.profile):
+        lines += ["", f"where the step's time goes, {r.backbone} {r.image_size}px, {r.recipe}, "
+                      f"{'cached' if r.cached else 'not cached'} (one profiled step, own time per operator):"]
+        lines += [f"  {p['op']:<52}{p['self_ms']:>9.1f} ms{p['share']:>7.1%}{p['calls']:>6} calls" for p in r.profile]
     return "\n".join(lines)
