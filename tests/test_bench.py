@@ -204,3 +204,98 @@ def test_rows_carry_their_protocol_and_its_view_count(tiny_model):
     slide = run.measure(method, image, "slide:64/32/32", 2, config, 1.0)
     assert (slide.protocol, slide.views) == ("slide:64/32/32", 4)
     assert slide.gflops > 0
+
+
+TRAIN_KEYS = {"recipe", "setting", "cached", "batch_size", "phrases_per_image", "samples_per_s", "ms_per_step",
+              "data_ms", "encoder_ms", "forward_ms", "backward_ms", "optimizer_ms", "flops_per_sample",
+              "encoder_flops_per_sample", "bound_ms", "x_bound", "peak_mem_mb"}
+TRAIN_PARTS = ("data_ms", "encoder_ms", "forward_ms", "backward_ms", "optimizer_ms")
+
+
+def train_bench(path, *argv: str) -> dict:
+    assert main(["bench", "--train", "--backbone", "synseg-tiny", "--setting", "backbone", "--batch-size", "2",
+                 "--repeats", "1", "--threads", "1", "--device", "cpu", "--json", str(path), *argv]) == 0
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def train_reports(tmp_path_factory):
+    """Both recipes with and without the cache at 2 phrases per image; the default recipe at 4 phrases."""
+    folder = tmp_path_factory.mktemp("bench-train")
+    return {2: train_bench(folder / "two.json", "--max-phrases", "2"),
+            4: train_bench(folder / "four.json", "--max-phrases", "4", "--recipe", "measured", "--profile")}
+
+
+def test_train_rows_have_the_schema_and_parts_that_add_up_to_the_step(train_reports):
+    report = train_reports[2]
+    rows = report["rows"]
+    assert {(r["recipe"], r["cached"]) for r in rows} == {(recipe, cached) for recipe in ("measured", "paper")
+                                                          for cached in (False, True)}
+    rate = report["machine"]["fp32_gflops"]
+    for row in rows:
+        assert TRAIN_KEYS <= set(row)
+        assert (row["setting"], row["batch_size"], row["phrases_per_image"]) == ("backbone", 2, 2)
+        assert all(row[part] > 0 for part in TRAIN_PARTS)
+        assert row["ms_per_step"] > 0 and row["peak_mem_mb"] > 0 and row["flops_per_sample"] > 0
+        assert sum(row[part] for part in TRAIN_PARTS) <= row["ms_per_step"] * (1 + 1e-6)
+        assert row["samples_per_s"] == pytest.approx(2 * 1000.0 / row["ms_per_step"])
+        assert row["bound_ms"] == pytest.approx(2 * row["flops_per_sample"] / rate / 1e6)
+        assert row["x_bound"] == pytest.approx(row["ms_per_step"] / row["bound_ms"])
+        # the cache replaces the frozen CLIP's work by reads
+        assert (row["encoder_flops_per_sample"] == 0) == row["cached"]
+        assert row["encoder_flops_per_sample"] < row["flops_per_sample"]
+
+
+def test_train_profile_names_the_operators_of_the_step(train_reports):
+    for row in train_reports[4]["rows"]:
+        assert 1 <= len(row["profile"]) <= 8 and all(p["self_ms"] > 0 for p in row["profile"])
+        assert any("mm" in p["op"] for p in row["profile"])  # the decoder's products, forward and backward
+    assert all(row["profile"] is None for row in train_reports[2]["rows"])
+
+
+def test_train_flops_grow_with_the_decoders_work(train_reports):
+    """More phrases per image: more (image, phrase) pairs through the decoder, FSS and backward."""
+    def flops(report, cached):
+        return next(r["flops_per_sample"] - r["encoder_flops_per_sample"] for r in report["rows"]
+                    if r["recipe"] == "measured" and r["cached"] == cached)
+
+    for cached in (False, True):
+        assert flops(train_reports[4], cached) > 1.5 * flops(train_reports[2], cached)
+
+
+def test_train_settings_follow_the_recipes_and_the_world_experiment():
+    from synseg.research.speed.train_step import TrainBenchConfig, setting_config
+    from synseg.research.world.experiment import TRAIN
+    from synseg.synthetic import SHIPPED_CLIP, WORLD_CLIP
+    from synseg.train.config import recipe_config
+
+    world = setting_config("world", "paper", TrainBenchConfig())
+    assert (world.batch_size, world.max_phrases, world.precision) == (TRAIN["batch_size"], TRAIN["max_phrases"], "fp32")
+    assert (world.model.backbone.name, world.model.backbone.pretrained) == (WORLD_CLIP, str(SHIPPED_CLIP))
+    assert world.loss == recipe_config("paper").loss
+    vit = setting_config("backbone", "measured", TrainBenchConfig(batch_size=8, pretrained="none"))
+    assert (vit.model.backbone.name, vit.model.backbone.pretrained, vit.batch_size) == ("ViT-B-16", None, 8)
+    assert (vit.loss, vit.model.pool_source) == (recipe_config("measured").loss, "attention")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--recipe", "fast"], "unknown recipe 'fast'"),
+    (["--setting", "coco"], "unknown setting 'coco'"),
+    (["--batch-size", "0"], "--repeats, --batch-size and --max-phrases must be at least 1"),
+    (["--checkpoint", "run/final"], "drop --checkpoint"),
+])
+def test_bad_train_arguments_fail_in_one_line(argv, message, capsys):
+    assert main(["bench", "--train", "--backbone", "synseg-tiny", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_attention_backward_on_cpu_is_counted():
+    """Training without dropout runs the decoder's attention through the CPU flash kernel and its backward (the world
+    setting): 4 T^2 d per head forward, 2.5 times that backward."""
+    import torch.nn.functional as F
+
+    from synseg.research.speed.flops import call_flops
+
+    q, k, v = (torch.randn(1, 2, 16, 8, requires_grad=True) for _ in range(3))
+    assert call_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == 3.5 * 4 * 2 * 16 * 16 * 8

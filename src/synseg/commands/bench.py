@@ -1,5 +1,7 @@
 """`synseg bench`: parameters, latency, FPS and peak memory of SynSeg beside HF CLIPSeg and the training-free methods,
-per method and protocol, on this machine, each latency set against the FLOP-bound latency at its matmul rate."""
+per method and protocol, on this machine, each latency set against the FLOP-bound latency at its matmul rate;
+`synseg bench --train`: one training step instead, phase by phase, per recipe and setting, with and without the
+feature cache."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +18,8 @@ from synseg.research.speed import METHODS, BenchConfig, format_report, run_bench
 from synseg.protocols import build_protocol
 from synseg.research.speed.methods import REFERENCE
 from synseg.research.speed.run import VIEW_PROTOCOLS
+from synseg.research.speed.train_step import SETTINGS, TrainBenchConfig, format_train_report, run_train_bench
+from synseg.train.config import DEFAULT_RECIPE, RECIPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +39,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_precision_argument(parser)
     parser.add_argument("--threads", type=int, help="CPU threads (default: every core this process may use)")
     parser.add_argument("--profile", action="store_true",
-                        help="profile one more call per synseg row and print the operators that take the time")
+                        help="profile one more call per synseg row (--train: one more step per row) and print the operators "
+                             "that take the time")
     parser.add_argument("--json", metavar="FILE", help="also write the rows, ratios and machine figures here")
+    train = parser.add_argument_group("training step (--train)")
+    train.add_argument("--train", action="store_true",
+                       help="time one training step instead of inference: samples/s, ms per step split into data, "
+                            "frozen encoder, forward, backward and optimizer, FLOPs per sample, bound, peak memory "
+                            "(--method, --protocol, --classes, --image-size and --max-call-seconds are inference's)")
+    train.add_argument("--recipe", default=f"{DEFAULT_RECIPE},paper", metavar="NAME,...",
+                       help=f"training recipes, of {', '.join(RECIPES)} (default {DEFAULT_RECIPE},paper)")
+    train.add_argument("--setting", default=",".join(SETTINGS), metavar="NAME,...",
+                       help="backbone: --backbone (default ViT-B-16, random weights) at its image size and --batch-size; "
+                            "world: the world CLIP at 64 px with its shipped weights, batch 32, 5 phrases per image, "
+                            f"as the world experiment trains (default {','.join(SETTINGS)})")
+    train.add_argument("--batch-size", type=int, default=8, help="the backbone setting's batch size (default 8)")
+    train.add_argument("--max-phrases", type=int,
+                       help="phrases per image (default: the setting's, 8 from the recipe or 5 in the world)")
+    train.add_argument("--cache", choices=("both", "off", "on"), default="both",
+                       help="the frozen CLIP's tokens computed (off), read from the feature cache (on), or both rows "
+                            "(default)")
+    # --train's default precision is the recipe's (bf16 autocast on GPUs, fp32 on CPUs; world fp32); inference's fp32
+    parser.set_defaults(precision=None)
 
 
 def int_list(text: str, what: str) -> tuple[int, ...]:
@@ -73,7 +97,54 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def names(text: str, what: str, known) -> tuple[str, ...]:
+    """'a,b' -> ('a', 'b'): distinct names in the order given, each one of `known`."""
+    chosen = tuple(dict.fromkeys(name.strip() for name in text.split(",")))
+    for name in chosen:
+        if name not in known:
+            raise UserError(f"unknown {what} '{name}' (choose from {', '.join(known)})")
+    return chosen
+
+
+def set_threads(threads: int | None) -> None:
+    """--threads, or every core this process may use."""
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads or cores)
+
+
+def write_report(path: str | None, data: dict) -> None:
+    if path:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.checkpoint:
+        raise UserError("--train times an untrained model (or the world CLIP's shipped one): drop --checkpoint")
+    if args.repeats < 1 or args.batch_size < 1 or (args.max_phrases is not None and args.max_phrases < 1):
+        raise UserError("--repeats, --batch-size and --max-phrases must be at least 1")
+    config = TrainBenchConfig(
+        recipes=names(args.recipe, "recipe", tuple(RECIPES)), settings=names(args.setting, "setting", SETTINGS),
+        backbone=args.backbone or "ViT-B-16", pretrained=args.pretrained or "none", batch_size=args.batch_size,
+        max_phrases=args.max_phrases, cache={"both": (False, True), "off": (False,), "on": (True,)}[args.cache],
+        repeats=args.repeats, precision=args.precision, profile=args.profile,
+    )
+    if args.json:
+        ensure_writable_file(args.json)
+    set_threads(args.threads)
+    report = run_train_bench(config, args.device)
+    print(format_train_report(report))
+    write_report(args.json, report.to_json())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.train:
+        return run_train(args)
+    args.precision = args.precision or "fp32"
     methods = tuple(dict.fromkeys(m.strip().lower() for m in args.method.split(",")))
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -82,8 +153,6 @@ def run(args: argparse.Namespace) -> int:
         methods = (REFERENCE, *methods)  # the others are set against it
     if args.repeats < 1 or args.max_call_seconds <= 0:
         raise UserError("--repeats must be at least 1 and --max-call-seconds positive")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
     config = BenchConfig(
         protocols=protocol_names(args.protocol), classes=int_list(args.classes, "--classes"), methods=methods,
         image_size=parse_size(args.image_size), repeats=args.repeats, max_call_seconds=args.max_call_seconds,
@@ -91,13 +160,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         ensure_writable_file(args.json)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(args.threads or cores)
+    set_threads(args.threads)
     # speed needs no weights, and none need downloading
     report = run_bench(config, args.checkpoint, args.backbone, args.pretrained or "none", args.device)
     print(format_report(report))
-    if args.json:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    write_report(args.json, report.to_json())
     return 0

@@ -6,6 +6,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,100 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class StepInputs:
+    """What the frozen CLIP gives one batch: its image tokens and its phrases' embeddings."""
+
+    tokens: list[torch.Tensor]  # the image tower's tokens [B, 1 + HW, width] of each of the model's feature_layers
+    text: torch.Tensor  # [N, E] fp32 embedding of every phrase of the batch, image by image
+    image_index: torch.Tensor  # [N] the image each phrase belongs to
+
+
+class TrainStep:
+    """What one training step computes, phase by phase: `inputs` (the frozen CLIP's image tokens and phrase embeddings,
+    computed, or read from a FeatureCache), `loss_terms` (absent pairs, the decoder and FSS forward, every loss term),
+    `backward` and `update` (AdamW, then the learning-rate schedule). `Trainer.fit` runs the phases in that order on
+    every batch; `synseg bench --train` times each (synseg.research.speed.train_step)."""
+
+    def __init__(self, config: TrainConfig, model: SynSeg, device: torch.device, cache: FeatureCache | None = None,
+                 net: torch.nn.Module | None = None) -> None:
+        self.config = config
+        self.model = model
+        self.net = model if net is None else net  # the model, or its DistributedDataParallel wrapper
+        self.device = device
+        self.cache = cache
+        self.amp = autocast_dtype(config.precision, device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
+
+    def features(self, images: torch.Tensor, keys: list[str]) -> list[torch.Tensor]:
+        pixels = self.model.backbone.normalize(images.to(self.device, non_blocking=True))
+        if self.cache is not None:
+            return self.cache.encode(pixels, keys)
+        return self.model.backbone.encode_image(pixels, self.model.feature_layers)
+
+    def text(self, phrases: list[str]) -> torch.Tensor:
+        """Embeddings of the batch's phrases, computed together for this batch alone (or read from the cache): a
+        phrase's embedding then depends only on its batch, which a resumed run replays, not on which earlier batch
+        first held it (a matmul's rounding depends on its other rows). Nothing grows from step to step."""
+        if self.cache is not None:
+            return self.cache.embed_phrases(phrases)
+        unique = list(dict.fromkeys(phrases))
+        embedded = self.model.backbone.embed_texts(unique, self.config.phrase_templates)
+        row = {phrase: i for i, phrase in enumerate(unique)}
+        return embedded[torch.tensor([row[p] for p in phrases], device=embedded.device)]
+
+    def inputs(self, images: torch.Tensor, phrases: list[list[str]], keys: list[str]) -> StepInputs:
+        """The frozen part of a batch ([B, 3, S, S] images in [0, 1], each image's phrases, its cache key): under bf16
+        autocast the frozen CLIP runs in bf16; the phrase embeddings come back fp32."""
+        flat = [p for ps in phrases for p in ps]
+        image_index = torch.tensor([i for i, ps in enumerate(phrases) for _ in ps], device=self.device)
+        with self.autocast():
+            tokens = self.features(images, keys)
+            text = self.text(flat).float()
+        return StepInputs(tokens, text, image_index)
+
+    def loss_terms(self, inputs: StepInputs, step: int) -> dict[str, torch.Tensor]:
+        """The loss terms of one batch at iteration `step` (which terms are on, L2-L4's ramp). Under bf16 autocast the
+        decoder runs in bf16; the logits, their sigmoid, the pooling and every loss term in fp32 (`token_activations`,
+        `synergy_vectors`)."""
+        tokens, text, image_index = inputs.tokens, inputs.text, inputs.image_index
+        pairs_text, pairs_image = text, image_index
+        if self.config.loss.suppresses_absent(step):
+            hardness = None
+            if self.config.loss.absent_choice == "hard":
+                by_layer = dict(zip(self.model.feature_layers, tokens))
+                readout = self.model.readout([by_layer[layer] for layer in self.model.block_layers])
+                hardness = torch.einsum("bte,ne->bnt", readout, F.normalize(text, dim=-1)).amax(-1)
+            absent_image, absent_phrase = absent_pairs(text, image_index, self.config.loss, hardness)
+            pairs_text, pairs_image = torch.cat([text, text[absent_phrase]]), torch.cat([image_index, absent_image])
+        named = len(text)
+        with self.autocast():
+            out = self.net(tokens, pairs_text, pairs_image, named,
+                           with_readout=bool(self.config.loss.caption_readout))
+        patch = self.model.backbone.patch_size
+        absent = token_log_inactivity(out.logits[named:], patch)
+        present = token_activations(out.logits[:named], patch) if self.config.loss.present_boost else None
+        pseudo = (caption_readout_loss(out.logits[:named], out.readout[:named], image_index)
+                  if self.config.loss.caption_readout else None)
+        return mccl_loss(out.foreground, out.background, text, image_index, self.config.loss,
+                         self.config.loss.pairwise_scale(step), absent, present, pseudo)
+
+    def backward(self, terms: dict[str, torch.Tensor]) -> None:
+        """Gradients of terms["total"], the previous step's dropped first."""
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+
+    def update(self) -> None:
+        """One AdamW step, then the schedule's."""
+        self.optimizer.step()
+        self.scheduler.step()
+
+
 class Trainer:
     """One process of a (possibly distributed) run. Only rank 0 writes checkpoints and logs."""
 
@@ -101,10 +196,9 @@ class Trainer:
         dataset = CaptionPhraseDataset(phrases, data, data_config, rank=self.dist.rank, world_size=self.dist.world)
         self.data = PhraseLoader(dataset, pin_memory=device.type == "cuda")
         self.cache = FeatureCache(cache, self.model.backbone, config.phrase_templates, self.model.feature_layers) if cache else None
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, config))
-        self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None) if self.dist.world > 1 else self.model
+        net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None) if self.dist.world > 1 else self.model
+        self.steps = TrainStep(config, self.model, device, self.cache, net)
+        self.optimizer, self.scheduler, self.net = self.steps.optimizer, self.steps.scheduler, net
         self.step = 0
 
     # -- state ---------------------------------------------------------------------------------------------------------
@@ -176,55 +270,9 @@ class Trainer:
                 tmp.write_text("".join(line + "\n" for line in kept))
 
     # -- one step ------------------------------------------------------------------------------------------------------
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
-
-    def features(self, images: torch.Tensor, keys: list[str]) -> list[torch.Tensor]:
-        pixels = self.model.backbone.normalize(images.to(self.device, non_blocking=True))
-        if self.cache is not None:
-            return self.cache.encode(pixels, keys)
-        return self.model.backbone.encode_image(pixels, self.model.feature_layers)
-
-    def text(self, phrases: list[str]) -> torch.Tensor:
-        """Embeddings of the batch's phrases, computed together for this batch alone (or read from the cache): a
-        phrase's embedding then depends only on its batch, which a resumed run replays, not on which earlier batch
-        first held it (a matmul's rounding depends on its other rows). Nothing grows from step to step."""
-        if self.cache is not None:
-            return self.cache.embed_phrases(phrases)
-        unique = list(dict.fromkeys(phrases))
-        embedded = self.model.backbone.embed_texts(unique, self.config.phrase_templates)
-        row = {phrase: i for i, phrase in enumerate(unique)}
-        return embedded[torch.tensor([row[p] for p in phrases], device=embedded.device)]
-
     def loss(self, images: torch.Tensor, phrases: list[list[str]], keys: list[str]) -> dict[str, torch.Tensor]:
-        """The loss terms of one batch. Under bf16 autocast the frozen CLIP and the decoder run in bf16; the logits,
-        their sigmoid, the pooling and every loss term in fp32 (`token_activations`, `synergy_vectors`)."""
-        flat = [p for ps in phrases for p in ps]
-        image_index = torch.tensor([i for i, ps in enumerate(phrases) for _ in ps], device=self.device)
-        with self.autocast():
-            tokens = self.features(images, keys)
-            text = self.text(flat).float()
-        pairs_text, pairs_image = text, image_index
-        if self.config.loss.suppresses_absent(self.step):
-            hardness = None
-            if self.config.loss.absent_choice == "hard":
-                by_layer = dict(zip(self.model.feature_layers, tokens))
-                readout = self.model.readout([by_layer[layer] for layer in self.model.block_layers])
-                hardness = torch.einsum("bte,ne->bnt", readout, F.normalize(text, dim=-1)).amax(-1)
-            absent_image, absent_phrase = absent_pairs(text, image_index, self.config.loss, hardness)
-            pairs_text, pairs_image = torch.cat([text, text[absent_phrase]]), torch.cat([image_index, absent_image])
-        named = len(flat)
-        with self.autocast():
-            out = self.net(tokens, pairs_text, pairs_image, named,
-                           with_readout=bool(self.config.loss.caption_readout))
-        patch = self.model.backbone.patch_size
-        absent = token_log_inactivity(out.logits[named:], patch)
-        present = token_activations(out.logits[:named], patch) if self.config.loss.present_boost else None
-        pseudo = (caption_readout_loss(out.logits[:named], out.readout[:named], image_index)
-                  if self.config.loss.caption_readout else None)
-        return mccl_loss(out.foreground, out.background, text, image_index, self.config.loss,
-                         self.config.loss.pairwise_scale(self.step), absent, present, pseudo)
-
+        """The loss terms of one batch at this step (TrainStep.inputs, then TrainStep.loss_terms)."""
+        return self.steps.loss_terms(self.steps.inputs(images, phrases, keys), self.step)
 
     # -- the loop ------------------------------------------------------------------------------------------------------
     def fit(self) -> SynSeg:
@@ -249,10 +297,8 @@ class Trainer:
                 continue
             skipped = 0
             terms = self.loss(batch.images, batch.phrases, batch.keys)
-            self.optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            self.steps.backward(terms)
+            self.steps.update()
             self.step += 1
             seen += len(batch.keys) * self.dist.world
             bar.update(1)

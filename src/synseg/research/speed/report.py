@@ -84,13 +84,7 @@ def format_report(report: Report) -> str:
         f"random weights (speed needs no trained weights); {backbone.config.name} at {backbone.image_size}x"
         f"{backbone.image_size} per view; image {width}x{height}; labels' text embeddings cached before timing; "
         f"{config.precision}",
-        f"machine: {machine.name} ({machine.device}), {machine.threads} threads; fp32 matmul GFLOP/s "
-        + ", ".join(f"{rate:.0f} ({name})" for name, rate in machine.gemm_gflops.items())
-        + (f"; bf16 {machine.bf16_gflops:.0f}" if machine.bf16_gflops else "")
-        + f"; bound = FLOPs / {report.bound_gflops:.0f} GFLOP/s"
-        + f"; load average {_load(machine.load_start)} at start, {_load(machine.load_end)} at end",
-        *(["note: other processes kept this machine's cores busy: latencies include waiting for a core; re-run when "
-           "it is idle"] if machine.load_start and machine.load_start[0] > (os.cpu_count() or 1) else []),
+        *machine_lines(machine, f"bound = FLOPs / {report.bound_gflops:.0f} GFLOP/s"),
         "",
         f"{'method':<10}{'params':>9}{'trainable':>11}{'GFLOP/view':>12}{'GFLOP/view/class':>18}",
     ]
@@ -126,6 +120,19 @@ def format_report(report: Report) -> str:
                       "operator):"]
         lines += [f"  {p['op']:<52}{p['self_ms']:>9.1f} ms{p['share']:>7.1%}{p['calls']:>6} calls" for p in r.profile]
     return "\n".join(lines)
+
+
+def machine_lines(machine: Machine, bound: str) -> list[str]:
+    """The machine's line (name, threads, matmul rates, `bound`: how the bound is set, load averages), and a note when
+    other processes kept its cores busy."""
+    return [
+        f"machine: {machine.name} ({machine.device}), {machine.threads} threads; fp32 matmul GFLOP/s "
+        + ", ".join(f"{rate:.0f} ({name})" for name, rate in machine.gemm_gflops.items())
+        + (f"; bf16 {machine.bf16_gflops:.0f}" if machine.bf16_gflops else "")
+        + f"; {bound}; load average {_load(machine.load_start)} at start, {_load(machine.load_end)} at end",
+        *(["note: other processes kept this machine's cores busy: latencies include waiting for a core; re-run when "
+           "it is idle"] if machine.load_start and machine.load_start[0] > (os.cpu_count() or 1) else []),
+    ]
 
 
 def _load(load: tuple[float, float, float] | None) -> str:
