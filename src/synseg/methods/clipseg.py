@@ -31,7 +31,7 @@ class CLIPSegPreset(Preset):
 
 
 def _preset(weights: str) -> CLIPSegPreset:
-    # sigmoid probabilities below 0.4 become background (untuned, as SynSeg's default); CLIPSeg's training prompt
+    # sigmoid probabilities below 0.4 become background (untuned, as SynSeg's default); one of CLIPSeg's training templates
     return CLIPSegPreset(background_threshold=0.4, templates=("a photo of a {}.",), weights=weights)
 
 

@@ -180,7 +180,6 @@ class Trainer:
         self.out = Path(out)
         self.device = device = place(device)
         self.dist = init_distributed(device)
-        self.amp = autocast_dtype(config.precision, device)
         if config.batch_size % self.dist.world:
             raise UserError(f"batch size {config.batch_size} does not split evenly over {self.dist.world} processes")
         seed_everything(config.seed)
@@ -270,6 +269,11 @@ class Trainer:
                 tmp.write_text("".join(line + "\n" for line in kept))
 
     # -- one step ------------------------------------------------------------------------------------------------------
+    @property
+    def amp(self) -> torch.dtype | None:
+        """The autocast dtype of the step (TrainStep's), None for fp32."""
+        return self.steps.amp
+
     def loss(self, images: torch.Tensor, phrases: list[list[str]], keys: list[str]) -> dict[str, torch.Tensor]:
         """The loss terms of one batch at this step (TrainStep.inputs, then TrainStep.loss_terms)."""
         return self.steps.loss_terms(self.steps.inputs(images, phrases, keys), self.step)
