@@ -18,18 +18,29 @@ from PIL import Image
 
 from synseg.errors import UserError
 from synseg.synthetic import (
-    CLASSES, COLOURS, PATTERNS, SEEN_THINGS, STUFF, STUFF_NOUNS, THINGS, UNSEEN_THINGS, make_scene, scene_rng, write_split,
+    CLASSES, COLOURS, PATTERNS, STUFF, STUFF_NOUNS, THINGS, UNSEEN_SETS, held_out, make_scene, read_held_out, scene_rng,
+    write_split,
 )
 from synseg.synthetic.world import MAX_THINGS, pattern_mask
 from synseg.research.world import tiny_clip
 
 
 def test_vocabulary_is_large_enough_and_split_cleanly() -> None:
+    """Every held-out set holds out one pattern per colour and one colour per pattern, so each word is seen in
+    training; no two sets share a pair."""
     assert len(THINGS) >= 30 and len(STUFF) >= 5
-    assert set(SEEN_THINGS).isdisjoint(UNSEEN_THINGS) and set(SEEN_THINGS) | set(UNSEEN_THINGS) == set(THINGS)
     assert CLASSES == STUFF + THINGS and len(set(CLASSES)) == len(CLASSES)
-    seen_words = {word for phrase in SEEN_THINGS for word in phrase.split()}
-    assert all(set(phrase.split()) <= seen_words for phrase in UNSEEN_THINGS)
+    assert set(UNSEEN_SETS) >= {"a", "b"} and held_out() == held_out("a")
+    for name, pairs in UNSEEN_SETS.items():
+        held = held_out(name)
+        seen, unseen = set(held.seen_things), set(held.unseen_things)
+        assert seen.isdisjoint(unseen) and seen | unseen == set(THINGS) and len(unseen) == len(pairs) == len(COLOURS)
+        assert {c for c, _ in pairs} == set(COLOURS) and {p for _, p in pairs} == set(PATTERNS), name
+        seen_words = {word for phrase in seen for word in phrase.split()}
+        assert all(set(phrase.split()) <= seen_words for phrase in unseen), name
+    assert all(UNSEEN_SETS[a].isdisjoint(UNSEEN_SETS[b]) for a in UNSEEN_SETS for b in UNSEEN_SETS if a < b)
+    with pytest.raises(UserError, match="held-out set"):
+        held_out("z")
 
 
 def test_same_seed_same_scene_and_different_seed_different_scene() -> None:
@@ -71,16 +82,21 @@ def test_every_pattern_is_a_motif_a_patch_holds_and_paint_is_plain() -> None:
     assert len({tint.tobytes() for tint in tints.values()}) == len(PATTERNS)
 
 
-def test_unseen_things_never_reach_training_images_or_captions() -> None:
-    unseen_ids = {CLASSES.index(phrase) for phrase in UNSEEN_THINGS}
-    test_phrases = set()
+@pytest.mark.parametrize("unseen, other", [("a", "b"), ("b", "a")])
+def test_unseen_things_never_reach_training_images_or_captions(unseen: str, other: str) -> None:
+    """A training split never shows or names its set's unseen things, and shows those of another set."""
+    held = held_out(unseen)
+    unseen_ids = {CLASSES.index(phrase) for phrase in held.unseen_things}
+    train_phrases, test_phrases = set(), set()
     for index in range(200):
-        scene = make_scene(scene_rng(5, index), 96, "train")
+        scene = make_scene(scene_rng(5, index), 64, "train", unseen=unseen)
         assert unseen_ids.isdisjoint(np.unique(scene.label_map).tolist())
         caption = scene.caption.lower()
-        assert not any(phrase in caption for phrase in UNSEEN_THINGS), caption
-        test_phrases |= {thing.phrase for thing in make_scene(scene_rng(5, index), 96, "test").objects}
-    assert set(UNSEEN_THINGS) <= test_phrases
+        assert not any(phrase in caption for phrase in held.unseen_things), caption
+        train_phrases |= {thing.phrase for thing in scene.objects}
+        test_phrases |= {thing.phrase for thing in make_scene(scene_rng(5, index), 64, "test", unseen=unseen).objects}
+    assert set(held.unseen_things) <= test_phrases
+    assert train_phrases == set(held.seen_things) >= set(held_out(other).unseen_things)
 
 
 def test_captions_are_varied_and_noisy() -> None:
@@ -96,8 +112,9 @@ def test_captions_are_varied_and_noisy() -> None:
 def test_stuff_and_things_can_be_pinned_but_not_to_unseen_ones_in_training() -> None:
     scene = make_scene(4, 64, "train", stuff="snow", things=["red stripes", "blue dots"])
     assert scene.stuff == "snow" and {t.phrase for t in scene.objects} <= {"red stripes", "blue dots"}
-    assert make_scene(4, 64, "test", things=[UNSEEN_THINGS[0]]).objects[0].phrase == UNSEEN_THINGS[0]
-    for bad in ([UNSEEN_THINGS[0]], [], ["red stripes", "red stripes"], ["pink moon"], list(SEEN_THINGS[:6])):
+    unseen, seen = held_out().unseen_things, held_out().seen_things
+    assert make_scene(4, 64, "test", things=[unseen[0]]).objects[0].phrase == unseen[0]
+    for bad in ([unseen[0]], [], ["red stripes", "red stripes"], ["pink moon"], list(seen[:6])):
         with pytest.raises(UserError):
             make_scene(4, 64, "train", things=bad)
     assert all(len(make_scene(scene_rng(4, i), 64, max_things=2).objects) <= 2 for i in range(20))
@@ -130,6 +147,10 @@ def test_writer_produces_a_voc_like_layout(tmp_path) -> None:
     assert not list(root.rglob("*.tmp"))
     with pytest.raises(UserError, match="own folder"):
         write_split(root, 2, seed=2, split="train")
+    assert read_held_out(root) == held_out("a")  # the folder records its held-out set
+    assert read_held_out(write_split(tmp_path / "b", 1, seed=2, unseen="b")) == held_out("b")
+    (root / "world.json").unlink()
+    assert read_held_out(root) == held_out("a")  # a folder from before sets had names holds the default set
 
 
 def test_architecture_matches_the_brief() -> None:

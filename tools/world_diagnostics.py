@@ -13,7 +13,8 @@
     python tools/world_diagnostics.py readout WORLD_TEST_DIR [--clip FILE]
         where the per-token CLS readout goes wrong: its mIoU, its mIoU when each scene's argmax is restricted to the
         classes the scene holds, how many instances of each unseen thing the scenes hold, and where its wrongly
-        labelled thing pixels go (an absent thing of the same colour, of the same pattern, stuff, ...)
+        labelled thing pixels go (an absent thing of the same colour, of the same pattern, stuff, ...); seen and
+        unseen things are the folder's held-out set (its world.json)
     python tools/world_diagnostics.py phrases PHRASES_JSONL [--clip FILE]
         how alike the mined training phrases' texts are (one training template): mean and std of the cosines between
         distinct phrases, and the absent-phrase gate `text_gate` reads from them at the default quantile
@@ -45,7 +46,7 @@ from synseg.methods.readout import CLSReadout
 from synseg.models.synseg import DEFAULT_TEMPLATES
 from synseg.synthetic import SHIPPED_CLIP, WORLD_CLIP
 from synseg.research.world.experiment import WorldConfig, group_miou, scene_totals
-from synseg.synthetic.world import CLASSES, MAX_THINGS, PATTERNS, STUFF, THINGS, UNSEEN_THINGS, make_scene, scene_rng
+from synseg.synthetic.world import CLASSES, MAX_THINGS, PATTERNS, STUFF, THINGS, make_scene, read_held_out, scene_rng
 
 
 def backbone_pixels(backbone: ClipBackbone, image: np.ndarray) -> torch.Tensor:
@@ -209,11 +210,12 @@ def sizes(test: Path, checkpoints: list[str]) -> None:
 
 @torch.no_grad()
 def readout(test: Path, path: Path) -> None:
+    held = read_held_out(test)
     backbone = ClipBackbone(BackboneConfig(WORLD_CLIP, str(path)))
     method = CLSReadout(backbone)
     text = backbone.embed_labels(list(CLASSES), DEFAULT_TEMPLATES)
     paths = sorted((test / "JPEGImages").glob("*.png"))
-    free, restricted, errors, instances = [], [], {}, dict.fromkeys(UNSEEN_THINGS, 0)
+    free, restricted, errors, instances = [], [], {}, dict.fromkeys(held.unseen_things, 0)
     for path_ in paths:
         label = np.asarray(Image.open(test / "SegmentationClass" / path_.name)).astype(np.int64)
         pixels = backbone_pixels(backbone, np.asarray(Image.open(path_).convert("RGB")))
@@ -239,9 +241,9 @@ def readout(test: Path, path: Path) -> None:
                 kind += " in the scene" if other in present else " not in the scene"
                 errors[kind] = errors.get(kind, 0) + int(count)
     for title, totals in (("readout", free), ("readout, argmax over the scene's own classes", restricted)):
-        scores = group_miou(np.sum(totals, axis=0))
+        scores = group_miou(np.sum(totals, axis=0), held.name)
         print(f"{title}: " + ", ".join(f"{key} {float(value):.1f}" for key, value in scores.items()))
-    print(f"{len(paths)} scenes; scenes holding each unseen thing: " + ", ".join(f"{n} {c}" for n, c in instances.items()))
+    print(f"{len(paths)} scenes of held-out set {held.name!r}; scenes holding each unseen thing: " + ", ".join(f"{n} {c}" for n, c in instances.items()))
     total = sum(errors.values())
     print("thing pixels: " + ", ".join(f"{kind} {count / total:.1%}" for kind, count in
                                       sorted(errors.items(), key=lambda item: -item[1])))

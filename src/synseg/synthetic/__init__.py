@@ -6,18 +6,19 @@ from pathlib import Path
 from synseg.synthetic.world import (
     CLASSES,
     COLOURS,
-    SEEN_THINGS,
+    DEFAULT_UNSEEN,
     PATTERNS,
     SILHOUETTES,
-    SPLITS,
     STUFF,
     STUFF_NOUNS,
     THINGS,
-    UNSEEN,
-    UNSEEN_THINGS,
+    UNSEEN_SETS,
+    HeldOut,
     Scene,
     Thing,
+    held_out,
     make_scene,
+    read_held_out,
     scene_rng,
     write_split,
 )
@@ -32,6 +33,6 @@ PROTOCOL = "whole"  # 64-px scenes: quadrant views would only upsample 32-px cro
 
 __all__ = [
     "ASSETS", "BACKDROP", "PROTOCOL", "SCENE_SIZE", "SHIPPED_CLIP", "SHIPPED_DEMO", "WORLD_CLIP",
-    "CLASSES", "COLOURS", "PATTERNS", "SEEN_THINGS", "SILHOUETTES", "SPLITS", "STUFF", "STUFF_NOUNS", "THINGS", "UNSEEN", "UNSEEN_THINGS",
-    "Scene", "Thing", "make_scene", "scene_rng", "write_split",
+    "CLASSES", "COLOURS", "DEFAULT_UNSEEN", "PATTERNS", "SILHOUETTES", "STUFF", "STUFF_NOUNS", "THINGS", "UNSEEN_SETS",
+    "HeldOut", "Scene", "Thing", "held_out", "make_scene", "read_held_out", "scene_rng", "write_split",
 ]

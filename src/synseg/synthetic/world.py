@@ -34,17 +34,18 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 PATTERNS: tuple[str, ...] = ("stripes", "dots", "checks", "zigzags", "rings", "paint")
 SILHOUETTES: tuple[str, ...] = ("disc", "square", "blob", "ellipse", "triangle", "heart")
 STUFF: tuple[str, ...] = ("grass", "water", "sand", "brick wall", "snow", "wooden floor")
-# One held-out pattern per colour and one held-out colour per pattern, so every word is still seen in training.
-UNSEEN: frozenset[tuple[str, str]] = frozenset(
-    {("red", "rings"), ("orange", "paint"), ("yellow", "stripes"), ("green", "dots"), ("blue", "checks"),
-     ("purple", "zigzags")}
-)
-
 THINGS: tuple[str, ...] = tuple(f"{colour} {pattern}" for colour in COLOURS for pattern in PATTERNS)
-SEEN_THINGS: tuple[str, ...] = tuple(f"{c} {p}" for c in COLOURS for p in PATTERNS if (c, p) not in UNSEEN)
-UNSEEN_THINGS: tuple[str, ...] = tuple(f"{c} {p}" for c in COLOURS for p in PATTERNS if (c, p) in UNSEEN)
 CLASSES: tuple[str, ...] = STUFF + THINGS
-SPLITS: dict[str, tuple[str, ...]] = {"train": SEEN_THINGS, "test": THINGS}
+# The named sets of colour x pattern pairs held out of the training split (images and captions). Each holds out one
+# pattern per colour and one colour per pattern, so every word is still seen in training; no two sets share a pair.
+# "a" is the default: the set of every world before sets had names, which the shipped world CLIP was trained without.
+UNSEEN_SETS: dict[str, frozenset[tuple[str, str]]] = {
+    "a": frozenset({("red", "rings"), ("orange", "paint"), ("yellow", "stripes"), ("green", "dots"),
+                    ("blue", "checks"), ("purple", "zigzags")}),
+    "b": frozenset({("red", "dots"), ("orange", "checks"), ("yellow", "zigzags"), ("green", "rings"),
+                    ("blue", "paint"), ("purple", "stripes")}),
+}
+DEFAULT_UNSEEN = "a"
 MAX_THINGS = 5
 THING_RADIUS = (0.16, 0.30)  # share of the scene side: the smallest spans about 2.5 patches of a patch-8 CLIP at 64 px
 
@@ -71,6 +72,42 @@ PREFIXES: tuple[str, ...] = ("a view of", "a photo of", "stock photo of", "an im
 SUFFIXES: tuple[str, ...] = (" - stock photo", ", stock image", " in high resolution", ", royalty free", " on display",
                              ", top view", " at noon")
 JOINERS: tuple[str, ...] = (" and ", " next to ", " beside ", " near ", " with ")
+WORLD_RECORD = "world.json"  # in a written split's folder: which held-out set it was drawn with
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One named held-out set and the vocabularies it gives: `seen_things` (the training split's things) and
+    `unseen_things` (only in the test split), both in `THINGS`' order."""
+
+    name: str
+    pairs: frozenset[tuple[str, str]]
+    seen_things: tuple[str, ...]
+    unseen_things: tuple[str, ...]
+
+    @property
+    def splits(self) -> dict[str, tuple[str, ...]]:
+        """The things each split draws from: the training split never shows an unseen thing, the test split all 36."""
+        return {"train": self.seen_things, "test": THINGS}
+
+
+@functools.cache
+def held_out(name: str = DEFAULT_UNSEEN) -> HeldOut:
+    """The held-out set registered as `name` in `UNSEEN_SETS`; UserError for an unknown name."""
+    if name not in UNSEEN_SETS:
+        raise UserError(f"unknown held-out set {name!r}; choose from {', '.join(UNSEEN_SETS)}")
+    pairs = UNSEEN_SETS[name]
+    unseen = tuple(f"{c} {p}" for c in COLOURS for p in PATTERNS if (c, p) in pairs)
+    return HeldOut(name, pairs, tuple(t for t in THINGS if t not in unseen), unseen)
+
+
+def read_held_out(root: str | Path) -> HeldOut:
+    """The held-out set a folder written by `write_split` was drawn with (its `world.json`); a folder without that
+    record was written before sets had names, with the default set."""
+    record = Path(root) / WORLD_RECORD
+    if not record.is_file():
+        return held_out()
+    return held_out(json.loads(record.read_text(encoding="utf-8"))["unseen"])
 
 
 @dataclass(frozen=True)
@@ -335,24 +372,27 @@ def make_scene(
     things: Sequence[str] | None = None,
     backdrop: float = 0.0,
     max_things: int = MAX_THINGS,
+    unseen: str = DEFAULT_UNSEEN,
 ) -> Scene:
     """One scene from a seed: 1 to `max_things` distinct things of the split's vocabulary on one stuff, overlapping,
-    each left >= 40% visible.
+    each left >= 40% visible. The training split's vocabulary leaves out the held-out set `unseen` (`UNSEEN_SETS`);
+    the test split's is every thing, so a test scene is the same whatever the set.
 
     `stuff` and `things` pin what the scene holds (layout and caption still come from the seed); an object that
     finds no place leaving the others visible is dropped. With probability `backdrop` a second stuff fills the scene
     above a wavy horizon: with one stuff per image, "the stuff word names the whole background" would be a shortcut
     that captions never contradict.
     """
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    splits = held_out(unseen).splits
+    if split not in splits:
+        raise UserError(f"unknown split {split!r}; choose from {', '.join(splits)}")
     if not 0.0 <= backdrop <= 1.0:
         raise UserError(f"backdrop probability must be in [0, 1], got {backdrop}")
     if not 32 <= size <= 1024:
         raise UserError(f"scene size must be 32-1024 px, got {size}")
     if not 1 <= max_things <= MAX_THINGS:
         raise UserError(f"things per scene must be 1-{MAX_THINGS}, got {max_things}")
-    vocabulary = SPLITS[split]
+    vocabulary = splits[split]
     if stuff is not None and stuff not in STUFF:
         raise UserError(f"unknown stuff {stuff!r}; choose from {', '.join(STUFF)}")
     if things is not None and (not 1 <= len(things) <= MAX_THINGS or len(set(things)) < len(things)
@@ -408,16 +448,19 @@ def scene_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, stream, index])
 
 
-def write_split(root: str | Path, n: int, seed: int, split: str = "train", size: int = 64, backdrop: float = 0.0) -> Path:
-    """Write `n` scenes in a VOC-like layout, with `captions.jsonl` ({image, caption} per line) beside them.
+def write_split(root: str | Path, n: int, seed: int, split: str = "train", size: int = 64, backdrop: float = 0.0,
+                unseen: str = DEFAULT_UNSEEN) -> Path:
+    """Write `n` scenes in a VOC-like layout, with `captions.jsonl` ({image, caption} per line) beside them and
+    `world.json` naming the held-out set `unseen` (`read_held_out` reads it back).
 
     Images are lossless PNG. One split per folder: test captions name the held-out things, and a folder that
     mixed them with training captions would leak those phrases into phrase mining.
     """
     if n < 1:
         raise UserError(f"number of scenes must be at least 1, got {n}")
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    held = held_out(unseen)
+    if split not in held.splits:
+        raise UserError(f"unknown split {split!r}; choose from {', '.join(held.splits)}")
     root = ensure_writable_dir(root)
     lists = root / "ImageSets" / "Segmentation"
     other = sorted(p.stem for p in lists.glob("*.txt") if p.stem != split) if lists.is_dir() else []
@@ -428,7 +471,7 @@ def write_split(root: str | Path, n: int, seed: int, split: str = "train", size:
     lists.mkdir(parents=True, exist_ok=True)
     names, records = [], []
     for index in tqdm(range(n), desc=f"writing {split} scenes", unit="scene"):
-        scene = make_scene(scene_rng(seed, index), size, split, backdrop=backdrop)
+        scene = make_scene(scene_rng(seed, index), size, split, backdrop=backdrop, unseen=unseen)
         name = f"{split}_{index:06d}"
         with atomic_path(root / "JPEGImages" / f"{name}.png") as tmp:
             Image.fromarray(scene.image).save(tmp, format="PNG")
@@ -441,6 +484,7 @@ def write_split(root: str | Path, n: int, seed: int, split: str = "train", size:
         (lists / f"{split}.txt", "".join(f"{name}\n" for name in names)),
         (root / "classes.txt", "".join(f"{name}\n" for name in CLASSES)),
         (root / "captions.jsonl", "".join(json.dumps(record) + "\n" for record in records)),
+        (root / WORLD_RECORD, json.dumps({"unseen": held.name, "unseen_things": list(held.unseen_things)}) + "\n"),
     ):
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")

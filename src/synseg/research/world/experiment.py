@@ -35,7 +35,7 @@ from synseg.methods import REGISTRY, build_predictor, list_methods
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
 from synseg.predictor import Segmenter
 from synseg.synthetic import BACKDROP, PROTOCOL, SCENE_SIZE, WORLD_CLIP
-from synseg.synthetic.world import CLASSES, SEEN_THINGS, STUFF, THINGS, UNSEEN_THINGS, write_split
+from synseg.synthetic.world import CLASSES, DEFAULT_UNSEEN, STUFF, THINGS, held_out, read_held_out, write_split
 from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 
 ROWS_FILE = Path(__file__).with_name("rows.json")
@@ -68,6 +68,7 @@ class WorldConfig:
     scene_size: int = SCENE_SIZE
     backdrop: float = BACKDROP
     world_seed: int = 1
+    unseen: str = DEFAULT_UNSEEN  # the held-out set of colour x pattern pairs (world.UNSEEN_SETS); the CLIP's must match
     seeds: tuple[int, ...] = (0, 1, 2)
     variants: tuple[str, ...] = TABLE_ROWS
     rows: dict = field(default_factory=dict)  # more rows, or other definitions of ROWS' names, in ROWS' format
@@ -93,12 +94,16 @@ def model_config(config: WorldConfig, row: dict | None = None) -> SynSegConfig:
 
 
 def build_world(config: WorldConfig, root: Path) -> tuple[Path, Path]:
-    """Train and test splits in their own folders (test captions name held-out things: they must not be mined)."""
+    """Train and test splits in their own folders (test captions name held-out things: they must not be mined); a
+    split already written is reused only if it holds the config's held-out set."""
     train, test = root / "train", root / "test"
-    if not (train / "captions.jsonl").exists():
-        write_split(train, config.train_scenes, config.world_seed, "train", config.scene_size, config.backdrop)
-    if not (test / "classes.txt").exists():
-        write_split(test, config.test_scenes, config.world_seed + 10_000, "test", config.scene_size, config.backdrop)
+    for folder, done, scenes, seed, split in ((train, "captions.jsonl", config.train_scenes, config.world_seed, "train"),
+                                              (test, "classes.txt", config.test_scenes, config.world_seed + 10_000, "test")):
+        if not (folder / done).exists():
+            write_split(folder, scenes, seed, split, config.scene_size, config.backdrop, config.unseen)
+        elif read_held_out(folder).name != config.unseen:
+            raise UserError(f"{folder} holds a world of held-out set {read_held_out(folder).name!r}, but the config "
+                            f"holds out set {config.unseen!r}: use another --out")
     return train, test
 
 
@@ -114,8 +119,9 @@ def train_config(config: WorldConfig, row: dict, seed: int) -> TrainConfig:
 
 
 def check_rows(config: WorldConfig) -> None:
-    """Every variant of the config names a row whose fields make valid configs: a typo fails at once, not after the
-    cells before it have run."""
+    """Every variant of the config names a row whose fields make valid configs, and its held-out set is known: a typo
+    fails at once, not after the cells before it have run."""
+    held_out(config.unseen)
     rows = {**ROWS, **config.rows}
     for name in config.variants:
         if name not in rows:
@@ -178,7 +184,8 @@ def train_supervised(config: WorldConfig, row: dict, seed: int, data: Path, out:
     layer_tokens = [torch.cat(layer) for layer in zip(*chunks)]
     rng = np.random.default_rng(seed)
     names = list(CLASSES)
-    vocabulary = np.array([i for i, name in enumerate(names) if row["negatives"] == "all" or name not in UNSEEN_THINGS])
+    unseen = held_out(config.unseen).unseen_things
+    vocabulary = np.array([i for i, name in enumerate(names) if row["negatives"] == "all" or name not in unseen])
     defaults = TrainConfig()  # embedded and regularised as caption training does
     text = backbone.embed_labels(names, defaults.phrase_templates)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -257,35 +264,39 @@ def per_class_iou(totals: np.ndarray) -> dict[str, float | None]:
     return {name: (float(100 * i / u) if u else None) for name, i, u in zip(CLASSES, intersection, union)}
 
 
-GROUPS = {"seen": SEEN_THINGS, "unseen": UNSEEN_THINGS, "things": THINGS, "stuff": STUFF, "all": CLASSES}
+def groups(unseen: str = DEFAULT_UNSEEN) -> dict[str, tuple[str, ...]]:
+    """The classes each column averages over: seen and unseen things follow the world's held-out set `unseen`."""
+    held = held_out(unseen)
+    return {"seen": held.seen_things, "unseen": held.unseen_things, "things": THINGS, "stuff": STUFF, "all": CLASSES}
 
 
-def summarise(per_class: dict) -> dict[str, float]:
+def summarise(per_class: dict, unseen: str = DEFAULT_UNSEEN) -> dict[str, float]:
     """mIoU over seen things, unseen things, all things, stuff, and all classes, from per-class IoU % (classes absent
     from the split are left out). The table shows all but "things", which the reports keep: the 6 unseen things alone are a noisy column."""
     def mean(names) -> float:
         values = [per_class[n] for n in names if per_class.get(n) is not None]
         return statistics.fmean(values) if values else float("nan")
-    return {key: mean(names) for key, names in GROUPS.items()}
+    return {key: mean(names) for key, names in groups(unseen).items()}
 
 
-def group_miou(totals: np.ndarray) -> dict[str, np.ndarray]:
+def group_miou(totals: np.ndarray, unseen: str = DEFAULT_UNSEEN) -> dict[str, np.ndarray]:
     """summarise() vectorised over leading axes: totals [..., 3, K] -> {group: mIoU % [...]}."""
     intersection, truth, predicted = totals[..., 0, :], totals[..., 1, :], totals[..., 2, :]
     union = truth + predicted - intersection
     iou = np.where(union > 0, intersection / np.maximum(union, 1), np.nan)
     index = {name: i for i, name in enumerate(CLASSES)}
-    return {key: 100 * np.nanmean(iou[..., [index[n] for n in names]], axis=-1) for key, names in GROUPS.items()}
+    return {key: 100 * np.nanmean(iou[..., [index[n] for n in names]], axis=-1) for key, names in groups(unseen).items()}
 
 
-def bootstrap_interval(counts: list[np.ndarray], resamples: int = 1000, seed: int = 0) -> dict[str, list[float]]:
+def bootstrap_interval(counts: list[np.ndarray], resamples: int = 1000, seed: int = 0,
+                       unseen: str = DEFAULT_UNSEEN) -> dict[str, list[float]]:
     """95% percentile interval of the seeds' mean mIoU when the test scenes are resampled with replacement (the same
     resample for every seed, whose scene counts are `counts`, one [scenes, 3, K] array each)."""
     scenes = counts[0].shape[0]
     weights = np.random.default_rng(seed).multinomial(scenes, np.full(scenes, 1 / scenes), size=resamples)
-    means = [group_miou(np.einsum("bn,nck->bck", weights.astype(np.float64), c)) for c in counts]
+    means = [group_miou(np.einsum("bn,nck->bck", weights.astype(np.float64), c), unseen) for c in counts]
     return {key: [round(float(v), 2) for v in np.percentile(np.mean([m[key] for m in means], axis=0), [2.5, 97.5])]
-            for key in GROUPS}
+            for key in means[0]}
 
 
 def slug(name: str) -> str:
@@ -357,9 +368,9 @@ def run_experiment(config: WorldConfig, out: Path, jobs: int = 1) -> dict:
     rows = {}
     for name in config.variants:
         per_seed = [by_cell[seed, name] for seed in config.seeds]
-        scores = [summarise(per_class_iou(c.sum(axis=0))) for c in per_seed]
-        rows[name] = {key: [score[key] for score in scores] for key in GROUPS}
-        rows[name]["interval"] = bootstrap_interval(per_seed)
+        scores = [summarise(per_class_iou(c.sum(axis=0)), config.unseen) for c in per_seed]
+        rows[name] = {key: [score[key] for score in scores] for key in scores[0]}
+        rows[name]["interval"] = bootstrap_interval(per_seed, unseen=config.unseen)
     report = {"config": {**asdict(config), "clip": portable(config.clip)}, "minutes": round((time.perf_counter() - started) / 60, 1),
               "test_scenes": int(counts[0].shape[0]), "rows": rows}
     report["table"] = table(report["rows"])

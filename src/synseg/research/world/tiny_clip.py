@@ -2,8 +2,9 @@
 
 The architecture is `synseg-world-clip` (models/architectures/synseg-world-clip.json). Training pairs come from
 `make_scene` on the fly, captions and all; only the training split's things are ever shown, so the held-out colour x
-pattern phrases measure open-vocabulary transfer. The saved file is a plain safetensors state dict that
-`open_clip.create_model("synseg-world-clip", pretrained=file)` loads like any local CLIP checkpoint.
+pattern phrases (the named set `--unseen`) measure open-vocabulary transfer. The saved
+file is a plain safetensors state dict that `open_clip.create_model("synseg-world-clip", pretrained=file)` loads like
+any local CLIP checkpoint.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import synseg.models.backbone  # noqa: F401  (registers synseg's architectures, 
 from synseg.io import atomic_path, ensure_writable_dir
 from synseg.synthetic import WORLD_CLIP
 from synseg.synthetic.world import (
-    SEEN_THINGS, STUFF, STUFF_NOUNS, THINGS, UNSEEN_THINGS, Scene, Thing, make_scene, scene_rng,
+    DEFAULT_UNSEEN, STUFF, STUFF_NOUNS, THINGS, UNSEEN_SETS, Scene, Thing, held_out, make_scene, scene_rng,
 )
 
 THING_TEMPLATES: tuple[str, ...] = ("{}", "a view of {}", "a photo of {}")
@@ -41,9 +42,9 @@ TRAIN_STREAM, EVAL_STREAM, PATTERN_STREAM = 0, 1, 3
 class WorldClipConfig:
     """How the world CLIP is trained (`train`): `steps` batches of `batch_size` pairs, in groups of `group` scenes
     (one drawn, the others its hard negatives); AdamW at `lr` (`warmup` steps of warm-up, then cosine) with
-    `weight_decay`; scenes of 1 to `max_things` things drawn from `seed` at the CLIP's input size; `threads` torch
-    threads and `workers` loader processes. The defaults are sized for two CPU cores; docs/world.md gives the time and
-    why scenes are sparser than the experiment's."""
+    `weight_decay`; scenes of 1 to `max_things` things drawn from `seed` at the CLIP's input size, never showing the
+    held-out set `unseen`; `threads` torch threads and `workers` loader processes. The defaults are sized for two CPU
+    cores; docs/world.md gives the time and why scenes are sparser than the experiment's."""
 
     steps: int = 1500
     batch_size: int = 128
@@ -55,6 +56,7 @@ class WorldClipConfig:
     max_things: int = 3
     threads: int = 2
     workers: int = 1
+    unseen: str = DEFAULT_UNSEEN
 
 
 def tokenizer():
@@ -83,11 +85,11 @@ def normalize(model: torch.nn.Module, pixels01: torch.Tensor) -> torch.Tensor:
     return (pixels01 - mean) / std
 
 
-def _repattern(things: tuple[Thing, ...], rng: np.random.Generator) -> list[str]:
-    """The same colours with other patterns, so captions within a group differ only in their pattern words."""
+def _repattern(things: tuple[Thing, ...], rng: np.random.Generator, seen_things: tuple[str, ...]) -> list[str]:
+    """The same colours with other (seen) patterns, so captions within a group differ only in their pattern words."""
     chosen: list[str] = []
     for thing in things:
-        options = [p for p in SEEN_THINGS if p.split(" ")[0] == thing.colour and p not in chosen and p != thing.phrase]
+        options = [p for p in seen_things if p.split(" ")[0] == thing.colour and p not in chosen and p != thing.phrase]
         chosen.append(options[rng.integers(len(options))])
     return chosen
 
@@ -110,11 +112,11 @@ class PairStream(IterableDataset):
             index = step * c.batch_size + position
             rng = scene_rng(c.seed, index, TRAIN_STREAM)
             if position % c.group == 0:
-                scenes.append(make_scene(rng, self.image_size, "train", max_things=c.max_things))
+                scenes.append(make_scene(rng, self.image_size, "train", max_things=c.max_things, unseen=c.unseen))
             else:
                 base = scenes[-(position % c.group)]
-                things = _repattern(base.objects, scene_rng(c.seed, index, PATTERN_STREAM))
-                scenes.append(make_scene(rng, self.image_size, "train", base.stuff, things))
+                things = _repattern(base.objects, scene_rng(c.seed, index, PATTERN_STREAM), held_out(c.unseen).seen_things)
+                scenes.append(make_scene(rng, self.image_size, "train", base.stuff, things, unseen=c.unseen))
         return scenes_to_pixels(scenes, self.image_size), self.tokenizer([scene.caption for scene in scenes])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -152,6 +154,7 @@ def train(config: WorldClipConfig, progress: bool = True) -> tuple[torch.nn.Modu
     """Train the world CLIP contrastively on freshly generated pairs; returns the model and the loss per step."""
     if config.steps < 1 or config.batch_size < 2:
         raise UserError("training needs at least 1 step and a batch of at least 2 pairs")
+    held_out(config.unseen)  # an unknown set fails before training
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
@@ -211,14 +214,16 @@ def read_scenes(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene
 
 
 def zero_shot(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene_size: int = 64,
-              max_things: int = WorldClipConfig.max_things, backdrop: float = 0.0) -> dict[str, float]:
-    """Accuracy on held-out test-split scenes: the largest thing's phrase among all things (split into seen and
-    unseen phrases), and the stuff among all stuff."""
+              max_things: int = WorldClipConfig.max_things, backdrop: float = 0.0,
+              unseen: str = DEFAULT_UNSEEN) -> dict[str, float]:
+    """Accuracy on held-out test-split scenes: the largest thing's phrase among all things (split into the phrases
+    seen in training and those of the held-out set `unseen`), and the stuff among all stuff."""
+    unseen_things = held_out(unseen).unseen_things
     hits: dict[str, list[bool]] = {"things_seen": [], "things_unseen": [], "stuff": []}
     for scene, thing, place in read_scenes(model, scenes, seed, scene_size, max_things, backdrop):
         hits["stuff"].append(place == scene.stuff)
         target = scene.largest.phrase
-        hits["things_unseen" if target in UNSEEN_THINGS else "things_seen"].append(thing == target)
+        hits["things_unseen" if target in unseen_things else "things_seen"].append(thing == target)
     result = {name: float(np.mean(values)) if values else float("nan") for name, values in hits.items()}
     result.update({f"n_{name}": len(values) for name, values in hits.items()})
     return result
@@ -242,24 +247,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=WorldClipConfig.batch_size)
     parser.add_argument("--lr", type=float, default=WorldClipConfig.lr)
     parser.add_argument("--eval-scenes", type=int, default=1200, help="held-out scenes for zero-shot accuracy")
+    parser.add_argument("--unseen", choices=sorted(UNSEEN_SETS), default=WorldClipConfig.unseen,
+                        help=f"the held-out set of colour x pattern pairs never shown (default {WorldClipConfig.unseen})")
+    parser.add_argument("--threads", type=int, default=WorldClipConfig.threads, help="torch threads")
+    parser.add_argument("--workers", type=int, default=WorldClipConfig.workers, help="processes drawing the scenes")
     args = parser.parse_args(argv)
     try:
         if args.out.suffix != ".safetensors":
             raise UserError(f"--out must end in .safetensors so open_clip loads it as such: {args.out}")
         ensure_writable_dir(args.out.resolve().parent)
         config = WorldClipConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-                             warmup=min(WorldClipConfig.warmup, max(1, args.steps // 10)))
+                                 warmup=min(WorldClipConfig.warmup, max(1, args.steps // 10)), threads=args.threads,
+                                 workers=args.workers, unseen=args.unseen)
         started = time.perf_counter()
         model, losses = train(config)
         minutes = (time.perf_counter() - started) / 60
-        accuracy = zero_shot(model, args.eval_scenes)
+        accuracy = zero_shot(model, args.eval_scenes, unseen=config.unseen)
         save(model, args.out, {"config": asdict(config), "final_loss": losses[-1], "train_minutes": minutes,
                                "zero_shot": accuracy})
     except UserError as error:
         print(f"tiny_clip: error: {error}", file=sys.stderr)
         return 2
     print(f"trained {config.steps} steps x {config.batch_size} pairs in {minutes:.1f} min, final loss {losses[-1]:.3f}")
-    print(f"zero-shot accuracy on {args.eval_scenes} held-out scenes: things seen {accuracy['things_seen']:.1%} "
+    print(f"zero-shot accuracy on {args.eval_scenes} held-out scenes (held-out set {config.unseen!r}): things seen {accuracy['things_seen']:.1%} "
           f"(n={accuracy['n_things_seen']}, chance {1 / len(THINGS):.1%}), things unseen "
           f"{accuracy['things_unseen']:.1%} (n={accuracy['n_things_unseen']}), stuff {accuracy['stuff']:.1%} "
           f"(chance {1 / len(STUFF):.1%})")
