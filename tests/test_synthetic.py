@@ -183,6 +183,21 @@ def test_tiny_clip_learns_and_checkpoint_loads_through_open_clip(tmp_path) -> No
     assert accuracy["stuff"] > 0.3  # chance is 1/6
 
 
+def test_a_world_refuses_a_clip_trained_without_another_held_out_set(tmp_path) -> None:
+    """The file records the set it was trained without; the shipped CLIP, which has no record, counts as set "a"."""
+    from synseg.research.world.experiment import WorldConfig, run_experiment
+    from synseg.synthetic import SHIPPED_CLIP
+
+    path = tiny_clip.save(tiny_clip.create(), tmp_path / "clip-b.safetensors", {"unseen": "b"})
+    assert tiny_clip.trained_without(path) == "b" and tiny_clip.trained_without(SHIPPED_CLIP) == "a"
+    for clip, unseen in ((path, "a"), (SHIPPED_CLIP, "b")):
+        config = WorldConfig(clip=str(clip), unseen=unseen, variants=("Chance (uniform random labels)",))
+        with pytest.raises(UserError, match=f"trained without held-out set '.'.*holds out set '{unseen}'") as error:
+            run_experiment(config, tmp_path / "out")
+        assert "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_tiny_clip_command_refuses_a_bad_output_before_training(tmp_path, capsys) -> None:
     assert tiny_clip.main(["--out", str(tmp_path / "model.pt"), "--steps", "1"]) == 2
     assert re.match(r"tiny_clip: error: --out must end in \.safetensors", capsys.readouterr().err)

@@ -2,8 +2,9 @@
 
     python tools/world_diagnostics.py clip [--clip FILE]
         the world CLIP's zero-shot reading of the largest thing (held-out scenes, as the CLIP was trained: 1-3 things,
-        and as the experiment's world is: 1-5 things with backdrops), and a linear probe from its last block's patch
-        tokens to each token's class: can a decoder tell a thing's colour and pattern per patch?
+        and as the experiment's world is: 1-5 things with backdrops; unseen things are the held-out set the file
+        records), and a linear probe from its last block's patch tokens to each token's class: can a decoder tell a
+        thing's colour and pattern per patch?
     python tools/world_diagnostics.py maps CHECKPOINT WORLD_TEST_DIR [--images 8]
         how alike the class texts are, then per test image: mean activation inside / outside each present class,
         and which classes win the argmax
@@ -14,7 +15,7 @@
         where the per-token CLS readout goes wrong: its mIoU, its mIoU when each scene's argmax is restricted to the
         classes the scene holds, how many instances of each unseen thing the scenes hold, and where its wrongly
         labelled thing pixels go (an absent thing of the same colour, of the same pattern, stuff, ...); seen and
-        unseen things are the folder's held-out set (its world.json)
+        unseen things are the folder's held-out set (its world.json), and the CLIP must have been trained without it
     python tools/world_diagnostics.py phrases PHRASES_JSONL [--clip FILE]
         how alike the mined training phrases' texts are (one training template): mean and std of the cosines between
         distinct phrases, and the absent-phrase gate `text_gate` reads from them at the default quantile
@@ -108,9 +109,11 @@ def probe(backbone: ClipBackbone, scenes: int = 1500, steps: int = 2000) -> dict
 
 def clip(path: Path) -> None:
     model = tiny_clip.create(path).float()
+    unseen = tiny_clip.trained_without(path)
+    print(f"{path.name}: trained without held-out set {unseen!r}")
     for name, max_things, backdrop in (("as trained (1-3 things)", tiny_clip.WorldClipConfig.max_things, 0.0),
                                        ("the experiment's world (1-5 things, backdrops)", MAX_THINGS, WorldConfig.backdrop)):
-        accuracy = tiny_clip.zero_shot(model, max_things=max_things, backdrop=backdrop)
+        accuracy = tiny_clip.zero_shot(model, max_things=max_things, backdrop=backdrop, unseen=unseen)
         print(f"zero-shot, {name}: largest thing seen {accuracy['things_seen']:.1%} (n={accuracy['n_things_seen']}), "
               f"unseen {accuracy['things_unseen']:.1%} (n={accuracy['n_things_unseen']}), stuff {accuracy['stuff']:.1%}; "
               f"chance {1 / len(THINGS):.1%} and {1 / len(STUFF):.1%}")
@@ -211,6 +214,7 @@ def sizes(test: Path, checkpoints: list[str]) -> None:
 @torch.no_grad()
 def readout(test: Path, path: Path) -> None:
     held = read_held_out(test)
+    tiny_clip.check_unseen(path, held.name)
     backbone = ClipBackbone(BackboneConfig(WORLD_CLIP, str(path)))
     method = CLSReadout(backbone)
     text = backbone.embed_labels(list(CLASSES), DEFAULT_TEMPLATES)

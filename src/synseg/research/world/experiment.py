@@ -34,6 +34,7 @@ from synseg.io import atomic_path
 from synseg.methods import REGISTRY, build_predictor, list_methods
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
 from synseg.predictor import Segmenter
+from synseg.research.world.tiny_clip import check_unseen
 from synseg.synthetic import BACKDROP, PROTOCOL, SCENE_SIZE, WORLD_CLIP
 from synseg.synthetic.world import CLASSES, DEFAULT_UNSEEN, STUFF, THINGS, held_out, read_held_out, write_split
 from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig
@@ -345,6 +346,7 @@ def run_experiment(config: WorldConfig, out: Path, jobs: int = 1) -> dict:
     longest first, so that no process waits alone behind a long cell at the end. Raises UserError for a bad config."""
     rows = {**ROWS, **config.rows}
     check_rows(config)
+    check_unseen(config.clip, config.unseen)
     out.mkdir(parents=True, exist_ok=True)
     if jobs < 1:
         raise UserError(f"jobs must be at least 1, got {jobs}")

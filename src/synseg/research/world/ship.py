@@ -4,19 +4,21 @@
     python -m synseg.research.world.ship demo RUN/final src/synseg/assets/world-demo
 
 The CLIP: of open_clip's 49,408 token embeddings the world's text uses under a hundred; the others were never trained
-(weight decay only shrank their random start), so they are zeroed, and everything is stored in fp16.
+(weight decay only shrank their random start), so they are zeroed, and everything is stored in fp16; its metadata names
+the held-out set it was trained without (`tiny_clip.trained_without`).
 The demo checkpoint (`synseg demo`): a world checkpoint whose backbone names the shipped CLIP by file name, since the
 absolute path it was trained with exists only on the machine that trained it.
 """
 from __future__ import annotations
 
+import json
 import sys
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from synseg.models.synseg import DEFAULT_TEMPLATES
-from synseg.research.world.tiny_clip import tokenizer
+from synseg.research.world.tiny_clip import tokenizer, trained_without
 from synseg.synthetic.world import CLASSES, make_scene, scene_rng
 
 
@@ -31,7 +33,8 @@ def ship_clip(source: str, target: str) -> None:
     keep = torch.zeros(weights["token_embedding.weight"].shape[0], dtype=torch.bool)
     keep[world_token_ids()] = True
     weights["token_embedding.weight"][~keep] = 0
-    save_file({k: v.half().contiguous() for k, v in weights.items()}, target, metadata={"kept_tokens": str(int(keep.sum()))})
+    metadata = {"kept_tokens": str(int(keep.sum())), "unseen": json.dumps(trained_without(source))}
+    save_file({k: v.half().contiguous() for k, v in weights.items()}, target, metadata=metadata)
     print(f"kept {int(keep.sum())} token embeddings; wrote {target}")
 
 

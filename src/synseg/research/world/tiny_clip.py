@@ -2,7 +2,7 @@
 
 The architecture is `synseg-world-clip` (models/architectures/synseg-world-clip.json). Training pairs come from
 `make_scene` on the fly, captions and all; only the training split's things are ever shown, so the held-out colour x
-pattern phrases (the named set `--unseen`) measure open-vocabulary transfer. The saved
+pattern phrases (the named set `--unseen`, recorded in the file's metadata) measure open-vocabulary transfer. The saved
 file is a plain safetensors state dict that `open_clip.create_model("synseg-world-clip", pretrained=file)` loads like
 any local CLIP checkpoint.
 """
@@ -21,6 +21,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
@@ -230,13 +231,34 @@ def zero_shot(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene_s
 
 
 def save(model: torch.nn.Module, path: str | Path, metadata: dict[str, object]) -> Path:
-    """Write the state dict as safetensors (never pickle), atomically, with training facts in its header."""
+    """Write the state dict as safetensors (never pickle), atomically, with training facts in its header (each value
+    as JSON; `unseen` names the held-out set it was trained without, which `trained_without` reads)."""
     path = Path(path)
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"architecture": WORLD_CLIP, **{k: json.dumps(v) for k, v in
                                                                              metadata.items()}})
     return path
+
+
+def trained_without(path: str | Path) -> str:
+    """The held-out set a world CLIP file was trained without: its `unseen` metadata; a file without that record (the
+    shipped CLIP, trained before sets had names, or a file that is not safetensors) counts as the default set."""
+    if Path(path).suffix != ".safetensors":
+        return DEFAULT_UNSEEN
+    with safe_open(str(path), "pt") as handle:
+        record = (handle.metadata() or {}).get("unseen")
+    return DEFAULT_UNSEEN if record is None else json.loads(record)
+
+
+def check_unseen(path: str | Path, unseen: str) -> None:
+    """UserError unless the world CLIP at `path` was trained without the held-out set `unseen`: a CLIP that saw a
+    world's unseen things in training would score them as seen."""
+    trained = trained_without(path)
+    if trained != unseen:
+        raise UserError(f"world CLIP {Path(path).name} was trained without held-out set {trained!r}, but the world "
+                        f"holds out set {unseen!r}: train one with `python -m synseg.research.world.tiny_clip "
+                        f"--unseen {unseen}` (docs/world.md)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         model, losses = train(config)
         minutes = (time.perf_counter() - started) / 60
         accuracy = zero_shot(model, args.eval_scenes, unseen=config.unseen)
-        save(model, args.out, {"config": asdict(config), "final_loss": losses[-1], "train_minutes": minutes,
-                               "zero_shot": accuracy})
+        save(model, args.out, {"config": asdict(config), "unseen": config.unseen, "final_loss": losses[-1],
+                               "train_minutes": minutes, "zero_shot": accuracy})
     except UserError as error:
         print(f"tiny_clip: error: {error}", file=sys.stderr)
         return 2
