@@ -45,7 +45,7 @@ from synseg.methods.maskclip import MaskCLIP
 from synseg.research.world import tiny_clip
 from synseg.methods.readout import CLSReadout
 from synseg.models.synseg import DEFAULT_TEMPLATES
-from synseg.synthetic import SHIPPED_CLIP, WORLD_CLIP
+from synseg.synthetic import SHIPPED_CLIP, SHIPPED_CLIPS, WORLD_CLIP
 from synseg.research.world.experiment import WorldConfig, group_miou, scene_totals
 from synseg.synthetic.world import CLASSES, MAX_THINGS, PATTERNS, STUFF, THINGS, make_scene, read_held_out, scene_rng
 
@@ -277,7 +277,7 @@ def main() -> None:
     pooling.add_argument("--scenes", type=int, default=300)
     confusion = commands.add_parser("readout")
     confusion.add_argument("test", type=Path)
-    confusion.add_argument("--clip", type=Path, default=SHIPPED_CLIP)
+    confusion.add_argument("--clip", type=Path, help="default: the shipped CLIP of the folder's held-out set")
     mined = commands.add_parser("phrases")
     mined.add_argument("path", type=Path)
     mined.add_argument("--clip", type=Path, default=SHIPPED_CLIP)
@@ -292,7 +292,7 @@ def main() -> None:
     elif args.command == "phrases":
         phrases(args.path, args.clip)
     elif args.command == "readout":
-        readout(args.test, args.clip)
+        readout(args.test, args.clip or SHIPPED_CLIPS[read_held_out(args.test).name])
     elif args.command == "sizes":
         sizes(args.test, args.checkpoints)
     else:

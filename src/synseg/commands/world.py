@@ -10,7 +10,8 @@ from synseg.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="experiment folder (world, phrases, cache, runs, report.json); reruns reuse it")
-    parser.add_argument("--clip", help="world CLIP weights (default: the one shipped with synseg)")
+    parser.add_argument("--clip", help="world CLIP weights (default: the one shipped with synseg for the config's "
+                                       "held-out set, `unseen`)")
     parser.add_argument("--quick", action="store_true",
                         help="the quick variant (a test): one seed of the default recipe on a smaller world vs MaskCLIP vs chance")
     parser.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2)")
@@ -24,14 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from synseg.config import from_dict, read_json
     from synseg.research.world.experiment import QUICK, WorldConfig, run_experiment
-    from synseg.synthetic import SHIPPED_CLIP
+    from synseg.synthetic import DEFAULT_UNSEEN, SHIPPED_CLIP, SHIPPED_CLIPS
 
-    clip = args.clip or str(SHIPPED_CLIP)
-    if not Path(clip).is_file():
-        raise UserError(f"world CLIP weights not found: {clip}")
     overrides = read_json(args.config) if args.config else {}
     if not isinstance(overrides, dict):
         raise UserError(f"{args.config}: expected a JSON object of WorldConfig fields")
+    clip = args.clip or str(SHIPPED_CLIPS.get(overrides.get("unseen", DEFAULT_UNSEEN), SHIPPED_CLIP))
+    if not Path(clip).is_file():
+        raise UserError(f"world CLIP weights not found: {clip}")
     config = from_dict(WorldConfig, {"clip": clip, **(QUICK if args.quick else {}), **overrides}, "world config")
     if args.seeds is not None:
         try:

@@ -257,7 +257,7 @@ def check_unseen(path: str | Path, unseen: str) -> None:
     trained = trained_without(path)
     if trained != unseen:
         raise UserError(f"world CLIP {Path(path).name} was trained without held-out set {trained!r}, but the world "
-                        f"holds out set {unseen!r}: train one with `python -m synseg.research.world.tiny_clip "
+                        f"holds out set {unseen!r}: use a CLIP trained with `python -m synseg.research.world.tiny_clip "
                         f"--unseen {unseen}` (docs/world.md)")
 
 
