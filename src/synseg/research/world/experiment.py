@@ -53,7 +53,7 @@ WEAK_TERMS = {name: value for name, value in RECIPES[DEFAULT_RECIPE]["loss"].ite
 
 
 # every caption-trained row's TrainConfig fields; fp32 on any device, as every other row runs (and as measured on CPUs)
-TRAIN = {"iterations": 400, "batch_size": 32, "lr": 0.002, "warmup": 5, "max_phrases": 5, "workers": 0,
+TRAIN = {"iterations": 400, "batch_size": 32, "lr": 0.002, "warmup": 5, "max_phrases": 5, "streams": 1, "workers": 0,
          "checkpoint_every": 1000, "log_every": 10, "precision": "fp32", "loss": WEAK_TERMS}
 
 
