@@ -296,7 +296,7 @@ class Trainer:
         started, seen, skipped = time.perf_counter(), 0, 0
         dataset = self.data.dataset
         if self.dist.main:
-            bar.write(f"loader: {dataset.streams} record streams per rank, in {dataset.workers} worker processes", file=sys.stderr)
+            bar.write(f"loader per rank: {dataset.streams} record streams, {dataset.workers} worker processes", file=sys.stderr)
         epoch = math.ceil(dataset.num_records / config.batch_size) + dataset.streams  # batches per rank and epoch, and some
         while self.step < config.iterations:
             batch = next(batches)
