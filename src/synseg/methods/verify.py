@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from synseg.encoding import EncodedViews
 from synseg.methods.spec import DensePredictor
@@ -20,10 +21,11 @@ from synseg.models.fss import masked_attention_pooling
 SUFFIX = "+verify"
 
 
-class RegionVerified:
+class RegionVerified(nn.Module):
     """A dense predictor whose maps are another's, each scaled by CLIP's agreement with its label over its region."""
 
     def __init__(self, inner: DensePredictor) -> None:
+        super().__init__()
         clip = getattr(inner.backbone, "clip", None)
         visual = getattr(clip, "visual", None)
         if getattr(visual, "proj", None) is None or not hasattr(visual, "transformer"):
