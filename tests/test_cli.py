@@ -127,6 +127,7 @@ def test_demo_scores_the_shipped_model_and_every_training_free_method_and_draws_
     assert main(["demo", "--out", str(tmp_path), "--scenes", "12", "--show", "2"]) == 0
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert {f"{REGISTRY[name].title} (training-free, same CLIP)" for name in list_methods("training-free")} < set(scores)
+    assert {"SynSeg + region verification", "CLS readout + region verification (training-free, same CLIP)"} < set(scores)
     synseg, maskclip = scores["SynSeg"], scores["MaskCLIP (training-free, same CLIP)"]
     assert synseg["seen"] > maskclip["seen"] + 10 and synseg["stuff"] > maskclip["stuff"] + 10, scores
     assert synseg["things"] > scores["Chance (uniform random labels)"]["things"] + 15, scores

@@ -1,8 +1,10 @@
 """Caption sources of both layouts, and the image + phrase dataset: broken images, order, splits and resuming."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from PIL import Image
 
 from synseg.data.captions import CaptionSource, shard_for
-from synseg.data.datasets import CaptionPhraseDataset, DataConfig, PhraseLoader, collate_phrases
+from synseg.data.datasets import CaptionPhraseDataset, DataConfig, PhraseLoader, collate_phrases, loader_workers
 from synseg.errors import UserError
 
 wds = pytest.importorskip("webdataset", reason="tar shards need webdataset: pip install 'synseg[train]'")
@@ -132,7 +134,7 @@ def test_collate_keeps_a_ragged_number_of_phrases():
 
 def test_tar_dataset_yields_images_and_up_to_k_phrases_and_skips_broken(shards):
     folder, phrases = shards
-    config = DataConfig(image_size=32, max_phrases=3, batch_size=4, workers=1, shuffle_buffer=3)
+    config = DataConfig(image_size=32, max_phrases=3, batch_size=4, streams=1, shuffle_buffer=3)
     dataset = CaptionPhraseDataset(phrases, folder, config)
     assert dataset.num_records == 14
     batches = _take(dataset, 7)  # two epochs
@@ -149,17 +151,17 @@ def test_tar_dataset_yields_images_and_up_to_k_phrases_and_skips_broken(shards):
 
 def test_order_is_deterministic_and_differs_by_seed_and_epoch(shards):
     folder, phrases = shards
-    config = DataConfig(image_size=16, batch_size=5, workers=2, shuffle_buffer=4)
+    config = DataConfig(image_size=16, batch_size=5, streams=2, shuffle_buffer=4)
     first = _keys(_take(CaptionPhraseDataset(phrases, folder, config), 6))
     assert first == _keys(_take(CaptionPhraseDataset(phrases, folder, config), 6))
-    other = DataConfig(image_size=16, batch_size=5, workers=2, shuffle_buffer=4, seed=7)
+    other = DataConfig(image_size=16, batch_size=5, streams=2, shuffle_buffer=4, seed=7)
     assert first != _keys(_take(CaptionPhraseDataset(phrases, folder, other), 6))
 
 
-@pytest.mark.parametrize("workers", [1, 2, 4])
-def test_resume_continues_with_exactly_the_batches_that_were_next(shards, workers):
+@pytest.mark.parametrize("streams", [1, 2, 4])
+def test_resume_continues_with_exactly_the_batches_that_were_next(shards, streams):
     folder, phrases = shards
-    config = DataConfig(image_size=16, batch_size=3, workers=workers, shuffle_buffer=4)
+    config = DataConfig(image_size=16, batch_size=3, streams=streams, workers=0, shuffle_buffer=4)
     straight = _keys(_take(CaptionPhraseDataset(phrases, folder, config), 11))
     interrupted = CaptionPhraseDataset(phrases, folder, config)
     _take(interrupted, 5)
@@ -170,28 +172,47 @@ def test_resume_continues_with_exactly_the_batches_that_were_next(shards, worker
     assert _keys(_take(resumed, 6)) == straight[5:]
 
 
-def test_worker_processes_give_the_same_batches_as_one_process(shards):
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_any_number_of_worker_processes_gives_the_batches_of_one_process(shards, workers):
+    """The data order is the streams', whatever the machine's loader processes: a run resumed with other workers
+    (or on a machine where "auto" picks another number) reads the same batches."""
     folder, phrases = shards
-    config = DataConfig(image_size=16, batch_size=3, workers=2, shuffle_buffer=4)
-    expected = _keys(_take(CaptionPhraseDataset(phrases, folder, config), 7))
-    dataset = CaptionPhraseDataset(phrases, folder, config)
+    config = DataConfig(image_size=16, batch_size=3, streams=4, workers=0, shuffle_buffer=4)
+    expected = _keys(_take(CaptionPhraseDataset(phrases, folder, config), 9))
+    dataset = CaptionPhraseDataset(phrases, folder, dataclasses.replace(config, workers=workers))
     dataset.load_state_dict({**dataset.state_dict(), "batch": 3})
     loader = PhraseLoader(dataset)
-    assert _keys(_take(loader, 4)) == expected[3:]
-    assert loader.state_dict()["batch"] == 7 and dataset.stats["images"] + dataset.stats["unreadable images"] == 12
+    assert _keys(_take(loader, 6)) == expected[3:]
+    assert loader.state_dict()["batch"] == 9 and dataset.stats["images"] + dataset.stats["unreadable images"] == 18
+
+
+def test_loader_workers_divide_the_streams(shards, monkeypatch):
+    folder, phrases = shards
+    with pytest.raises(UserError, match="workers must divide the 4 streams of a rank .*choose from 1, 2, 4"):
+        CaptionPhraseDataset(phrases, folder, DataConfig(streams=4, workers=3))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert loader_workers("auto", 24) == 12  # 15 cores to spare; 12 is the largest divisor of 24 below
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert loader_workers("auto", 24) == 1 and loader_workers("auto", 14) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert loader_workers("auto", 24) == 0  # no core to spare: the training process reads its own batches
+    assert CaptionPhraseDataset(phrases, folder).streams == 14  # "auto": one stream per record of these 14
 
 
 def test_resume_with_other_settings_fails_loudly(shards):
     folder, phrases = shards
-    state = CaptionPhraseDataset(phrases, folder, DataConfig(batch_size=3, workers=1)).state_dict()
+    state = CaptionPhraseDataset(phrases, folder, DataConfig(batch_size=3, streams=1)).state_dict()
     with pytest.raises(UserError, match="batch_size was 3, now 4"):
-        CaptionPhraseDataset(phrases, folder, DataConfig(batch_size=4, workers=1)).load_state_dict(state)
+        CaptionPhraseDataset(phrases, folder, DataConfig(batch_size=4, streams=1)).load_state_dict(state)
+    before_streams = {**{k: v for k, v in state.items() if k != "streams"}, "workers": 4}  # saved by older versions
+    with pytest.raises(UserError, match=r"streams was 4, now 1 \(set streams to 4 in the config\)"):
+        CaptionPhraseDataset(phrases, folder, DataConfig(batch_size=3, streams=1)).load_state_dict(before_streams)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ranks_read_disjoint_records_that_cover_an_epoch(shards, workers):
     folder, phrases = shards
-    config = DataConfig(image_size=16, batch_size=1, workers=workers, shuffle_buffer=2)
+    config = DataConfig(image_size=16, batch_size=1, streams=workers, shuffle_buffer=2)
     per_rank = []
     for rank in range(2):
         dataset = CaptionPhraseDataset(phrases, folder, config, rank=rank, world_size=2)
@@ -209,13 +230,13 @@ def test_phrases_made_from_another_layout_are_refused(shards, coco):
     with pytest.raises(UserError, match="made from a jsonl folder"):
         CaptionPhraseDataset(coco_phrases, folder)
     with pytest.raises(UserError, match="cannot feed"):
-        CaptionPhraseDataset(tar_phrases, folder, DataConfig(workers=8), rank=0, world_size=2)
+        CaptionPhraseDataset(tar_phrases, folder, DataConfig(streams=8), rank=0, world_size=2)
 
 
 @pytest.mark.parametrize("resize", ["stretch", "crop"])
 def test_real_coco_folder(coco, resize):
     root, phrases = coco
-    config = DataConfig(image_size=48, max_phrases=2, batch_size=27, workers=1, resize=resize)
+    config = DataConfig(image_size=48, max_phrases=2, batch_size=27, streams=1, resize=resize)
     dataset = CaptionPhraseDataset(phrases, root, config)
     batches = _take(dataset, 3)
     assert sorted(sum(_keys(batches), [])) == sorted([f"images/{p.name}" for p in (root / "images").glob("0*.jpg")]

@@ -18,6 +18,7 @@ from synseg.methods.naclip import neighbourhood
 from synseg.methods.resclip import PRESETS as RESCLIP_PRESETS
 from synseg.methods.resclip import ResCLIP, straight_paths
 from synseg.methods.scclip import outliers, repaired
+from synseg.methods.verify import RegionVerified
 from synseg.predictor import Segmenter
 
 
@@ -262,3 +263,47 @@ def test_clipseg_loads_weights_saved_by_transformers_from_a_local_folder(tiny_mo
     image = Image.fromarray((torch.rand(30, 50, 3) * 255).byte().numpy())
     result = Segmenter(clipseg, "whole").segment(image, ["cat", "dog"])
     assert result.maps.shape == (2, 30, 50)
+
+
+class _Constant:
+    """A dense predictor whose maps are given, on a real backbone: what region verification wraps."""
+
+    def __init__(self, backbone, maps: torch.Tensor) -> None:
+        self.backbone, self.maps = backbone, maps
+        self.background_threshold, self.templates = 0.5, ("a photo of a {}.",)
+
+    def activation_maps(self, views, text):
+        return self.maps
+
+
+def test_region_verification_scales_each_map_by_what_clip_reads_in_its_region(tiny_model):
+    """A map covering the whole image is CLIP's own image embedding (open_clip's encode_image), so its label keeps
+    CLIP's zero-shot probability; a map of one patch is read through that patch alone; `+verify` wraps any method on
+    a ViT and refuses one without CLIP's image tower."""
+    backbone = copy.deepcopy(tiny_model.backbone)
+    for block in backbone.clip.visual.transformer.resblocks:
+        randomise_biases(block)
+    pixels = backbone.normalize(torch.rand(2, 3, backbone.image_size, backbone.image_size))
+    text = torch.nn.functional.normalize(torch.randn(3, backbone.clip.visual.proj.shape[1]), dim=-1)
+    size = backbone.image_size
+    maps = torch.ones(2, 3, size, size)
+    verified = RegionVerified(_Constant(backbone, maps))
+    with torch.no_grad():
+        image = torch.nn.functional.normalize(backbone.clip.encode_image(pixels), dim=-1)
+    zero_shot = torch.softmax(verified.logit_scale * image @ text.T, dim=-1)
+    torch.testing.assert_close(verified.activation_maps(EncodedViews(pixels, backbone), text),
+                               maps * zero_shot[..., None, None], rtol=1e-4, atol=1e-5)
+    patch = backbone.patch_size
+    one = torch.zeros(1, 3, size, size)
+    one[..., :patch, :patch] = 1  # every label's region: the first patch token
+    readout = build_predictor("readout", backbone=backbone).dense_features(EncodedViews(pixels[:1], backbone))[0, :, 0, 0]
+    agreement = RegionVerified(_Constant(backbone, one)).agreement(EncodedViews(pixels[:1], backbone), one, text)
+    torch.testing.assert_close(agreement[0], torch.softmax(verified.logit_scale * readout @ text.T, dim=-1),
+                               rtol=1e-3, atol=1e-4)  # up to the 1e-6 floor masked_attention_pooling puts on a mask
+    choice = parse_method("readout+verify")
+    assert str(choice) == "readout+verify" and choice.title == "CLS readout + region verification"
+    segmenter = Segmenter(build_predictor(choice, backbone=backbone), "whole")
+    result = segmenter.segment(Image.fromarray((torch.rand(40, 48, 3) * 255).byte().numpy()), ["cat", "dog"])
+    assert result.activations.shape == (2, 40, 48) and 0 <= result.activations.min() and result.activations.max() <= 1
+    with pytest.raises(UserError, match="clipseg\\+verify: region verification needs an open_clip ViT"):
+        build_predictor("clipseg+verify", backbone=backbone, pretrained="none")

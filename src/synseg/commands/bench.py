@@ -14,6 +14,7 @@ import torch
 from synseg.commands.common import add_model_arguments, add_precision_argument
 from synseg.errors import UserError
 from synseg.io import atomic_path, check_size, ensure_writable_file
+from synseg.methods import parse_methods
 from synseg.research.speed import METHODS, BenchConfig, format_report, run_bench
 from synseg.protocols import build_protocol
 from synseg.research.speed.methods import REFERENCE
@@ -25,7 +26,7 @@ from synseg.train.config import DEFAULT_RECIPE, RECIPES
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--method", default=",".join(METHODS), metavar="NAME,...",
-                        help=f"which of {', '.join(METHODS)} (default: all)")
+                        help=f"which of {', '.join(METHODS)}, each may end in +verify (default: all)")
     parser.add_argument("--protocol", default=",".join(VIEW_PROTOCOLS), metavar="NAME,...",
                         help="protocols to time for every method: whole (the whole image alone), quadrants (the whole "
                              "image + 4 quadrants, the paper's), slide, slide-tcl or slide:SHORT/WINDOW/STRIDE "
@@ -145,10 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if args.train:
         return run_train(args)
     args.precision = args.precision or "fp32"
-    methods = tuple(dict.fromkeys(m.strip().lower() for m in args.method.split(",")))
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise UserError(f"unknown method '{unknown[0]}' (choose from {', '.join(METHODS)})")
+    methods = tuple(str(choice) for choice in parse_methods(args.method))
     if REFERENCE not in methods:
         methods = (REFERENCE, *methods)  # the others are set against it
     if args.repeats < 1 or args.max_call_seconds <= 0:

@@ -36,10 +36,12 @@ def run(args: argparse.Namespace) -> int:
     scenes = write_split(out / f"scenes-seed{args.seed}", args.scenes, SCENE_SEED + args.seed, "test",
                          SCENE_SIZE, BACKDROP)
     checkpoint, pretrained = (args.checkpoint, None) if args.checkpoint else (str(SHIPPED_DEMO), str(SHIPPED_CLIP))
-    predictors = build_predictors(["synseg", *list_methods("training-free")], checkpoint, pretrained=pretrained)
+    methods = ["synseg", "synseg+verify", *list_methods("training-free"), "readout+verify"]
+    predictors = build_predictors(methods, checkpoint, pretrained=pretrained)
     benchmark = get_benchmark("folder", scenes)
     segmenters = {(c.title if not c.spec.training_free else f"{c.title} (training-free, same CLIP)"):
                   Segmenter(predictor, PROTOCOL) for c, predictor in predictors.items()}
+    training_free = [name for c, name in zip(predictors, segmenters) if c.spec.training_free]
     counts = {name: scene_counts(benchmark, segmenter_predict(segmenter, benchmark))
               for name, segmenter in segmenters.items()}
     counts["Chance (uniform random labels)"] = chance_counts(scenes, args.seed)
@@ -47,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     write_json(scores, out / "scores.json")
 
     # beside SynSeg, the strongest training-free row on things
-    synseg, *others = segmenters
-    baseline = max(others, key=lambda name: scores[name]["things"])
+    synseg = next(iter(segmenters))
+    baseline = max(training_free, key=lambda name: scores[name]["things"])
     shown = [segmenters[synseg], segmenters[baseline]]
     rows = benchmark_grid_rows(benchmark, shown, benchmark.samples[: args.show])
     figure = save_figure(grid_figure(rows, [synseg, baseline.split(" (")[0]], list(benchmark.class_names()),

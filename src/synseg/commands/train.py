@@ -14,6 +14,16 @@ from synseg.train.losses import TERMS
 from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig, recipe_config
 
 
+def loader_processes(text: str) -> int | str:
+    """--workers: "auto" or a whole number."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number, got {text!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="webdataset shards (a .tar, a {a..b} pattern, a folder of .tar) or a jsonl folder")
     parser.add_argument("--phrases", required=True, help="PHRASES.jsonl written by `synseg phrases` from the same data")
@@ -32,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, help="override the number of iterations")
     parser.add_argument("--batch-size", type=int, help="override the global batch size")
     parser.add_argument("--lr", type=float, help="override the learning rate")
-    parser.add_argument("--workers", type=int, help="override the data loader processes per rank")
+    parser.add_argument("--workers", type=loader_processes,
+                        help="override the data loader processes per rank: a divisor of the config's streams, or auto")
     parser.add_argument("--losses", help=f"ablation: comma-separated terms to keep, of {', '.join(TERMS)} (or L1..L4)")
 
 

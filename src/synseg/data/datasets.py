@@ -2,9 +2,10 @@
 
 A batch is a fixed number of PHRASES.jsonl records (`batch_size`); a record whose image is missing or unreadable is
 counted and left out, so a batch can be smaller but never holds different records. That makes the data order a
-function of (seed, batch index) alone, whatever breaks: each rank runs `workers` streams ("slots") that loop over the
-data epoch after epoch, the loader takes batches from them in turn, and resuming at batch n only skips a known number
-of records per stream, without decoding them.
+function of (seed, batch index) alone, whatever breaks: each rank runs `streams` streams ("slots") that loop over the
+data epoch after epoch, the loader takes batches from them in turn (in this process or in loader processes, which
+do not change the order), and resuming at batch n only skips a known number of records per stream, without
+decoding them.
 
 Tar shards are streamed (each shard once per epoch, per stream), shuffled through a buffer; a jsonl folder is read in
 a fresh permutation per epoch. Images are resized to SxS ("stretch", the default: it keeps every object a phrase names
@@ -16,6 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,12 +35,22 @@ from synseg.errors import UserError
 from synseg.io import open_lines
 
 
+# The most record streams "auto" gives a rank: an H100 step takes about 17 loader processes (docs/speed.md), and 24
+# has many divisors for `workers` to choose from. Each stream holds its own shuffle buffer.
+MAX_STREAMS = 24
+
+
 @dataclass(frozen=True)
 class DataConfig:
     image_size: int = 224
     max_phrases: int = 4  # K: phrases per image; an image with more gets a random K of them each epoch
     batch_size: int = 256  # records per batch and rank
-    workers: int = 4  # loader processes per rank; the data order depends on it, so resume with the same number
+    # Record streams per rank: the data order depends on them. "auto": MAX_STREAMS, or fewer when a rank has fewer
+    # records (a function of the data and the number of ranks, never of the machine).
+    streams: int | str = "auto"
+    # Loader processes per rank, each running streams/workers of the streams (0: in the training process): they do not
+    # change the data order. "auto": the largest divisor of the streams that the rank's share of CPU cores allows.
+    workers: int | str = "auto"
     seed: int = 42
     resize: str = "stretch"  # "stretch" to SxS, or "crop": short side to S, then centre crop
     shuffle_buffer: int = 1000  # tar shards: samples each stream holds to shuffle a shard
@@ -110,8 +122,9 @@ class CaptionPhraseDataset(IterableDataset):
         if config.resize not in ("stretch", "crop"):
             raise UserError(f"resize must be 'stretch' or 'crop', not {config.resize!r}")
         sizes = (config.image_size, config.max_phrases, config.batch_size, config.shuffle_buffer)
-        if min(sizes) < 1 or config.workers < 0:
-            raise UserError("image_size, max_phrases, batch_size and shuffle_buffer must be >= 1, workers >= 0")
+        if min(sizes) < 1:
+            raise UserError("image_size, max_phrases, batch_size and shuffle_buffer must be >= 1")
+        check_loader(config.streams, config.workers)
         if world_size is None:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
             world_size = torch.distributed.get_world_size() if distributed else 1
@@ -120,8 +133,6 @@ class CaptionPhraseDataset(IterableDataset):
             raise UserError(f"rank {rank} is not in [0, {world_size})")
         self.config = config
         self.rank, self.world_size = rank or 0, world_size
-        self.streams = max(1, config.workers)
-        self.slots = world_size * self.streams
         self.source = CaptionSource(images)
         self.phrases_path = Path(phrases)
         self.position = 0
@@ -129,6 +140,10 @@ class CaptionPhraseDataset(IterableDataset):
         self._shards: dict[str, _Shard] = {}
         self._items: list[tuple[str, str, list[str]]] = []
         self._index()
+        self.streams = config.streams if config.streams != "auto" else min(MAX_STREAMS, max(1, self.num_records // world_size))
+        self.slots = world_size * self.streams
+        self._check_enough()
+        self.workers = loader_workers(config.workers, self.streams)
 
     @property
     def num_records(self) -> int:
@@ -179,16 +194,15 @@ class CaptionPhraseDataset(IterableDataset):
                 raise UserError(f"none of the shards named in {self.phrases_path} is in {self.source.spec}")
             for name in absent:
                 self.stats["records of absent shards"] += self._shards.pop(name).count
-            enough = len(self._shards) >= self.slots or self.num_records >= self.slots
         else:
-            enough = len(self._items) >= self.slots
             first = self.source.root / self._items[0][1] if self._items else None
             if first is not None and not first.is_file():
                 raise UserError(f"image {first} not found: was {self.phrases_path} made from {self.source.spec}?")
-        if not enough:
-            raise UserError(
-                f"{self.num_records} samples cannot feed {self.slots} streams (world size x workers): use fewer workers"
-            )
+
+    def _check_enough(self) -> None:
+        if self.num_records < self.slots:
+            raise UserError(f"{self.num_records} samples cannot feed {self.slots} streams (world size x streams): "
+                            f"set fewer streams")
 
     def state_dict(self) -> dict:
         """The data position, with what it depends on, so that a resume with other settings fails loudly."""
@@ -196,8 +210,11 @@ class CaptionPhraseDataset(IterableDataset):
 
     def load_state_dict(self, state: dict) -> None:
         for name, value in self._order().items():
-            if state.get(name) != value:
-                raise UserError(f"cannot resume the data order: {name} was {state.get(name)}, now {value}")
+            # states saved before streams were set apart from worker processes called them "workers"
+            saved = state.get(name, state.get("workers")) if name == "streams" else state.get(name)
+            if saved != value:
+                hint = f" (set streams to {saved} in the config)" if name == "streams" else ""
+                raise UserError(f"cannot resume the data order: {name} was {saved}, now {value}{hint}")
         self.position = int(state["batch"])
 
     def _order(self) -> dict:
@@ -206,7 +223,7 @@ class CaptionPhraseDataset(IterableDataset):
             "records": self.num_records,
             "seed": config.seed,
             "batch_size": config.batch_size,
-            "workers": self.streams,
+            "streams": self.streams,
             "world_size": self.world_size,
             "shuffle_buffer": config.shuffle_buffer,
         }
@@ -219,16 +236,21 @@ class CaptionPhraseDataset(IterableDataset):
         start = self.position
         worker = get_worker_info()
         if worker is not None:
-            if worker.num_workers != self.streams:
-                raise UserError(f"DataLoader has {worker.num_workers} workers, DataConfig.workers is {self.streams}")
-            yield from self._stream_batches((start + worker.id) % self.streams, start)
-            return
-        streams = [self._stream_batches((start + i) % self.streams, start) for i in range(self.streams)]
-        for stream in itertools.cycle(streams):
-            batch = next(stream)
-            self.position += 1
-            self.count(batch)
-            yield batch
+            # The DataLoader takes one batch from each worker in turn; worker w runs streams w, w + W, w + 2W, ...
+            # (counted from the stream of batch `start`), so batch b still comes from stream b % streams.
+            count = worker.num_workers
+            if self.streams % count:
+                raise UserError(f"{count} loader processes cannot share {self.streams} streams evenly")
+            mine = [self._stream_batches((start + worker.id + count * i) % self.streams, start)
+                    for i in range(self.streams // count)]
+            yield from (next(stream) for stream in itertools.cycle(mine))
+        else:
+            streams = [self._stream_batches((start + i) % self.streams, start) for i in range(self.streams)]
+            for stream in itertools.cycle(streams):
+                batch = next(stream)
+                self.position += 1
+                self.count(batch)
+                yield batch
 
     def _stream_batches(self, stream: int, start: int) -> Iterator[PhraseBatch]:
         """Batches start, start+1, ... that fall to `stream` (batch b comes from stream b % streams)."""
@@ -333,8 +355,29 @@ class CaptionPhraseDataset(IterableDataset):
         return import_webdataset().shuffle(size, initial=size, rng=rng)(stream)
 
 
+def check_loader(streams: object, workers: object) -> None:
+    """One-line errors for `streams` (an integer >= 1 or "auto") and `workers` (>= 0, a divisor of streams, or "auto")."""
+    if streams != "auto" and not (isinstance(streams, int) and not isinstance(streams, bool) and streams >= 1):
+        raise UserError(f"streams must be 'auto' or an integer >= 1, not {streams!r}")
+    if workers != "auto" and not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0):
+        raise UserError(f"workers must be 'auto' or an integer >= 0, not {workers!r}")
+
+
+def loader_workers(workers: int | str, streams: int) -> int:
+    """The loader processes of a rank: `workers` when it divides the streams; for "auto", the largest divisor of the
+    streams no larger than this rank's share of the CPU cores less one (the training process keeps a core)."""
+    if workers != "auto":
+        if workers and streams % workers:
+            divisors = ", ".join(str(d) for d in range(1, streams + 1) if streams % d == 0)
+            raise UserError(f"workers must divide the {streams} streams of a rank (or be 0); choose from {divisors}")
+        return int(workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    spare = max(0, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) - 1)
+    return max(d for d in range(min(spare, streams) + 1) if d == 0 or streams % d == 0)
+
+
 class PhraseLoader:
-    """Runs a `CaptionPhraseDataset`'s streams in `config.workers` processes (in this one when 0) and keeps the
+    """Runs a `CaptionPhraseDataset`'s streams in its `workers` processes (in this one when 0) and keeps the
     dataset's position and stats up to date here, so that `state_dict()` is the position of the batches handed out."""
 
     def __init__(self, dataset: CaptionPhraseDataset, pin_memory: bool = False, prefetch_factor: int = 2):
@@ -343,7 +386,7 @@ class PhraseLoader:
         self.prefetch_factor = prefetch_factor
 
     def __iter__(self) -> Iterator[PhraseBatch]:
-        workers = self.dataset.config.workers
+        workers = self.dataset.workers
         if workers == 0:
             yield from self.dataset
             return

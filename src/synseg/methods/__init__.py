@@ -2,7 +2,8 @@
 
 A method is one file in this folder ending in a `METHOD = MethodSpec(...)` (a training-free one:
 `training_free(name, cls, PRESETS)`) and one entry in REGISTRY below. On the command line a method is NAME or
-NAME:PRESET (e.g. sclip:voc), the preset naming one of its own published defaults.
+NAME:PRESET (e.g. sclip:voc), the preset naming one of its own published defaults, and either may end in +verify:
+its maps checked region by region by CLIP's class token (`verify.py`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from synseg.errors import UserError
 from synseg.methods import clearclip, clipseg, maskclip, naclip, proxyclip, readout, resclip, scclip, sclip, synseg
 from synseg.methods.spec import DensePredictor, MethodSpec, Preset, Sources, resolve_device
+from synseg.methods.verify import SUFFIX, RegionVerified
 
 REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
     synseg.METHOD,
@@ -39,6 +41,7 @@ class MethodChoice:
 
     name: str
     preset: str = "default"
+    verify: bool = False  # wrapped in RegionVerified
 
     @property
     def spec(self) -> MethodSpec:
@@ -46,25 +49,28 @@ class MethodChoice:
 
     @property
     def title(self) -> str:
-        title = self.spec.title
-        return title if self.preset == "default" else f"{title} ({self.preset})"
+        title = self.spec.title if self.preset == "default" else f"{self.spec.title} ({self.preset})"
+        return title + (" + region verification" if self.verify else "")
 
     def __str__(self) -> str:
-        return self.name if self.preset == "default" else f"{self.name}:{self.preset}"
+        return (self.name if self.preset == "default" else f"{self.name}:{self.preset}") + (SUFFIX if self.verify else "")
 
 
 def parse_method(text: str | MethodChoice) -> MethodChoice:
-    """'sclip' or 'sclip:voc' -> MethodChoice; unknown names and presets raise UserError listing the choices."""
+    """'sclip', 'sclip:voc' or 'sclip:voc+verify' -> MethodChoice; unknown names and presets raise UserError listing
+    the choices."""
     if isinstance(text, MethodChoice):
         return text
-    name, _, preset = text.strip().lower().partition(":")
+    text = text.strip().lower()
+    verify = text.endswith(SUFFIX)
+    name, _, preset = text.removesuffix(SUFFIX).partition(":")
     if name not in REGISTRY:
         raise UserError(f"unknown method '{name}' (choose from {', '.join(REGISTRY)})")
     presets = REGISTRY[name].presets
     preset = preset or "default"
     if preset not in presets:
         raise UserError(f"unknown preset '{preset}' of {name} (choose from {', '.join(presets)})")
-    return MethodChoice(name, preset)
+    return MethodChoice(name, preset, verify)
 
 
 def parse_methods(text: str) -> list[MethodChoice]:
@@ -88,7 +94,14 @@ def build_predictors(methods: list[str | MethodChoice], checkpoint: str | None =
         raise UserError(f"--method {missing[0]} needs a trained checkpoint (--checkpoint)")
     if any(c.spec.needs_checkpoint for c in choices):
         sources.model  # noqa: B018  (built first, so the methods on CLIP share its backbone)
-    return {choice: choice.spec.build(sources, choice.spec.presets[choice.preset]) for choice in choices}
+    predictors = {}
+    for choice in choices:
+        predictor = choice.spec.build(sources, choice.spec.presets[choice.preset])
+        try:
+            predictors[choice] = RegionVerified(predictor) if choice.verify else predictor
+        except ValueError as error:
+            raise UserError(f"--method {choice}: {error}") from None
+    return predictors
 
 
 def build_predictor(method: str | MethodChoice, checkpoint: str | None = None, backbone: str | None = None,
@@ -100,4 +113,4 @@ def build_predictor(method: str | MethodChoice, checkpoint: str | None = None, b
 
 
 __all__ = ["REGISTRY", "DensePredictor", "MethodChoice", "MethodSpec", "Preset", "Sources", "build_predictor",
-           "build_predictors", "list_methods", "parse_method", "parse_methods", "resolve_device"]
+           "build_predictors", "list_methods", "parse_method", "parse_methods", "resolve_device", "RegionVerified"]

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synseg.config import check, check_templates, finite, from_dict, merged, positive_int, read_json
+from synseg.data.datasets import check_loader
 from synseg.errors import UserError
 from synseg.train.losses import LossConfig
 from synseg.models.synseg import SynSegConfig
@@ -33,7 +34,8 @@ class TrainConfig:
     # Phrases are embedded with one template (one text-tower pass per phrase, where the ensemble takes one per
     # template; docs/training.md). Inference keeps the ensemble (`model.templates`).
     phrase_templates: tuple[str, ...] = ("a photo of a {}.",)
-    workers: int = 4  # data loader processes per rank; the data order depends on it, so resume with the same number
+    streams: int | str = "auto"  # record streams per rank, which fix the data order (DataConfig)
+    workers: int | str = "auto"  # loader processes per rank, a divisor of streams; they do not change the data order
     resize: str = "stretch"  # "stretch" to SxS (as inference does) or "crop" (short side, centre crop)
     shuffle_buffer: int = 1000  # tar shards: samples held to shuffle within a shard
     checkpoint_every: int = 500
@@ -43,8 +45,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("batch_size", "iterations", "max_phrases", "shuffle_buffer", "checkpoint_every", "log_every"):
             positive_int(name, getattr(self, name))
-        for name in ("warmup", "workers", "seed"):
+        for name in ("warmup", "seed"):
             positive_int(name, getattr(self, name), 0)
+        check_loader(self.streams, self.workers)
         check("seed", self.seed, self.seed < 2**32, "below 2**32 (numpy's seed range)")
         finite("lr", self.lr, 0.0, 10.0, open_low=True)
         finite("weight_decay", self.weight_decay, 0.0, 10.0)

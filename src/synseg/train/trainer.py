@@ -169,6 +169,11 @@ class TrainStep:
         self.scheduler.step()
 
 
+def resumable_fields(config: TrainConfig) -> dict:
+    """The config's fields that a resume must keep: all but `workers` (loader processes do not change the data)."""
+    return {name: value for name, value in to_dict(config).items() if name != "workers"}
+
+
 class Trainer:
     """One process of a (possibly distributed) run. Only rank 0 writes checkpoints and logs."""
 
@@ -189,7 +194,8 @@ class Trainer:
                             "model.pool_source 'attention' or model.prior 'readout'")
         data_config = DataConfig(
             image_size=self.model.backbone.image_size, max_phrases=config.max_phrases,
-            batch_size=config.batch_size // self.dist.world, workers=config.workers, seed=config.seed,
+            batch_size=config.batch_size // self.dist.world, streams=config.streams, workers=config.workers,
+            seed=config.seed,
             resize=config.resize, shuffle_buffer=config.shuffle_buffer,
         )
         dataset = CaptionPhraseDataset(phrases, data, data_config, rank=self.dist.rank, world_size=self.dist.world)
@@ -231,7 +237,7 @@ class Trainer:
         if not (folder / STATE).is_file():
             raise UserError(f"--resume: no checkpoint to resume from in {self.out} (expected {folder / STATE})")
         saved = from_dict(TrainConfig, read_json(folder / "train_config.json"), where=str(folder / "train_config.json"))
-        if to_dict(saved) != to_dict(self.config):
+        if resumable_fields(saved) != resumable_fields(self.config):
             raise UserError(f"--resume: {folder} was trained with another config; resume with the same --config")
         load_weights(self.model, folder)
         try:
@@ -289,6 +295,8 @@ class Trainer:
         bar = tqdm(total=config.iterations, initial=self.step, desc="train", unit="it", file=sys.stderr, disable=not self.dist.main)
         started, seen, skipped = time.perf_counter(), 0, 0
         dataset = self.data.dataset
+        if self.dist.main:
+            bar.write(f"loader per rank: {dataset.streams} record streams, {dataset.workers} worker processes", file=sys.stderr)
         epoch = math.ceil(dataset.num_records / config.batch_size) + dataset.streams  # batches per rank and epoch, and some
         while self.step < config.iterations:
             batch = next(batches)

@@ -32,6 +32,7 @@ from synseg.eval.evaluator import SampleInput, segmenter_predict
 from synseg.eval.metric import ConfusionMatrix
 from synseg.io import atomic_path
 from synseg.methods import REGISTRY, build_predictor, list_methods
+from synseg.methods.verify import SUFFIX
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
 from synseg.predictor import Segmenter
 from synseg.research.world.tiny_clip import check_unseen
@@ -54,7 +55,7 @@ WEAK_TERMS = {name: value for name, value in RECIPES[DEFAULT_RECIPE]["loss"].ite
 
 
 # every caption-trained row's TrainConfig fields; fp32 on any device, as every other row runs (and as measured on CPUs)
-TRAIN = {"iterations": 400, "batch_size": 32, "lr": 0.002, "warmup": 5, "max_phrases": 5, "workers": 0,
+TRAIN = {"iterations": 400, "batch_size": 32, "lr": 0.002, "warmup": 5, "max_phrases": 5, "streams": 1, "workers": 0,
          "checkpoint_every": 1000, "log_every": 10, "precision": "fp32", "loss": WEAK_TERMS}
 
 
@@ -108,7 +109,7 @@ def build_world(config: WorldConfig, root: Path) -> tuple[Path, Path]:
     return train, test
 
 
-ROW_KEYS = {"model", "decoder", "loss", "train", "method", "supervised", "negatives", "chance"}
+ROW_KEYS = {"model", "decoder", "loss", "train", "method", "supervised", "negatives", "chance", "of", "verify"}
 
 
 def train_config(config: WorldConfig, row: dict, seed: int) -> TrainConfig:
@@ -131,6 +132,10 @@ def check_rows(config: WorldConfig) -> None:
         unknown = sorted(set(row) - ROW_KEYS)
         if unknown:
             raise UserError(f"row {name!r}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(ROW_KEYS))})")
+        if "of" in row:
+            if set(row) - {"of", "verify"} or "of" in rows.get(row["of"], {"of": None}) or rows[row["of"]].get("chance"):
+                raise UserError(f"row {name!r}: 'of' names another trained or training-free row, with 'verify' only")
+            row = rows[row["of"]]
         if "method" in row:
             if REGISTRY.get(row["method"]) is None or not REGISTRY[row["method"]].training_free:
                 raise UserError(f"row {name!r}: {row['method']!r} is not a training-free method "
@@ -233,14 +238,14 @@ def scene_totals(prediction: np.ndarray, truth: np.ndarray, num_classes: int = l
     return np.stack([matrix.intersection, matrix.matrix.sum(axis=1), matrix.matrix[:, :num_classes].sum(axis=0)])
 
 
-def evaluate_row(config: WorldConfig, test: Path, out: Path, checkpoint: Path | None = None,
-                 method: str | None = None) -> np.ndarray:
-    """Scene counts of a checkpoint or a training-free method on the world CLIP, kept in `out` (.npy)."""
+def evaluate_row(config: WorldConfig, test: Path, out: Path, method: str, checkpoint: Path | None = None) -> np.ndarray:
+    """Scene counts of a method (a registered name, +verify allowed) on the world CLIP or of a checkpoint's, kept in
+    `out` (.npy)."""
     if out.exists():
         return np.load(out)
     benchmark = get_benchmark("folder", test)
     if checkpoint is not None:
-        predictor = build_predictor("synseg", checkpoint=str(checkpoint))
+        predictor = build_predictor(method, checkpoint=str(checkpoint))
     else:
         predictor = build_predictor(method, backbone=WORLD_CLIP, pretrained=config.clip)
     counts = scene_counts(benchmark, segmenter_predict(Segmenter(predictor, config.protocol), benchmark))
@@ -308,15 +313,20 @@ def slug(name: str) -> str:
 def row_counts(config: WorldConfig, out: Path, seed: int, name: str) -> np.ndarray:
     """Scene counts of one row and training seed (a run already finished in `out` is reused, not redone)."""
     train, test, phrases, cache = out / "world" / "train", out / "world" / "test", out / "phrases.jsonl", out / "cache"
-    folder = out / "runs" / f"seed{seed}" / slug(name)
     row = config.row(name)
+    source = row.get("of", name)  # an "of" row evaluates another row's cells (its trained checkpoints) its own way
+    suffix = SUFFIX if row.get("verify") else ""
+    folder = out / "runs" / f"seed{seed}" / slug(source)
+    row = config.row(source)
     if "method" in row:
-        return evaluate_row(config, test, out / "runs" / f"{row['method']}.npy", method=row["method"])
+        return evaluate_row(config, test, out / "runs" / f"{row['method']}{suffix}.npy", row["method"] + suffix)
     if row.get("chance"):
         return chance_counts(test, seed)
     if row.get("supervised"):
-        return evaluate_row(config, test, folder / "counts.npy", train_supervised(config, row, seed, train, folder / "final"))
-    return evaluate_row(config, test, folder / "counts.npy", train_variant(config, row, seed, train, phrases, folder, cache))
+        checkpoint = train_supervised(config, row, seed, train, folder / "final")
+    else:
+        checkpoint = train_variant(config, row, seed, train, phrases, folder, cache)
+    return evaluate_row(config, test, folder / f"counts{suffix}.npy", "synseg" + suffix, checkpoint)
 
 
 def mine_phrases(data: Path, out: Path) -> None:
@@ -330,7 +340,7 @@ def mine_phrases(data: Path, out: Path) -> None:
 def cell_cost(row: dict) -> int:
     """A row's rank by the time one of its cells takes: 0 only evaluates (training-free methods, chance), 1 trains on
     captions, 2 trains the supervised decoder (its batches hold every class present plus as many absent ones)."""
-    if "method" in row or row.get("chance"):
+    if "method" in row or "of" in row or row.get("chance"):
         return 0
     return 2 if row.get("supervised") else 1
 
@@ -357,15 +367,18 @@ def run_experiment(config: WorldConfig, out: Path, jobs: int = 1) -> dict:
     phrases = out / "phrases.jsonl"
     if not phrases.exists():
         mine_phrases(train, phrases)
+    # "of" rows last: they read the checkpoints that other cells train
     cells = sorted(((seed, name) for seed in config.seeds for name in config.variants),
-                   key=lambda cell: -cell_cost(rows[cell[1]]))
-    trained = sum(cell_cost(rows[name]) > 0 for _, name in cells)
+                   key=lambda cell: ("of" in rows[cell[1]], -cell_cost(rows[cell[1]])))
+    own = [cell for cell in cells if "of" not in rows[cell[1]]]
+    trained = sum(cell_cost(rows[name]) > 0 for _, name in own)
     if min(jobs, trained) <= 1:
-        counts = [row_counts(config, out, seed, name) for seed, name in cells]
+        counts = [row_counts(config, out, seed, name) for seed, name in own]
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(jobs, context, initializer=_one_thread) as pool:
-            counts = list(pool.map(row_counts, *zip(*[(config, out, seed, name) for seed, name in cells])))
+            counts = list(pool.map(row_counts, *zip(*[(config, out, seed, name) for seed, name in own])))
+    counts += [row_counts(config, out, seed, name) for seed, name in cells[len(own):]]
     by_cell = dict(zip(cells, counts))
     rows = {}
     for name in config.variants:
