@@ -30,7 +30,9 @@ def test_page_offers_synseg_and_the_training_free_methods(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/segment", "/scene"} <= set(api)
     choices = api["/segment"]["parameters"][2]["type"]["enum"]
-    assert choices == ["SynSeg"] + [f"{REGISTRY[name].title} (training-free)" for name in list_methods("training-free")]
+    assert choices == (["SynSeg", "SynSeg + region verification"]
+                       + [f"{REGISTRY[name].title} (training-free)" for name in list_methods("training-free")]
+                       + ["CLS readout + region verification (training-free)"])
 
 
 def test_generated_scene_segments_with_legend_heat_maps_and_label_map(client, tmp_path):
