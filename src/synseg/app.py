@@ -57,15 +57,14 @@ def build_setup(checkpoint: str | None = None, backbone: str | None = None, pret
     """The page's methods: SynSeg (a checkpoint, else the world model shipped with synseg, on generated scenes) and
     every training-free method on its CLIP, SynSeg and the readout also with region verification; with only a
     backbone, the training-free methods alone."""
-    from synseg.methods import build_predictors, list_methods
+    from synseg.methods import build_predictors, showcase_methods
 
     world = not checkpoint and not backbone
     if world:
         from synseg.synthetic import PROTOCOL, SCENE_SIZE, SHIPPED_CLIP, SHIPPED_DEMO
 
         checkpoint, pretrained = str(SHIPPED_DEMO), pretrained or str(SHIPPED_CLIP)
-    methods = (["synseg", "synseg+verify"] if checkpoint else []) + list_methods("training-free") + ["readout+verify"]
-    built = build_predictors(methods, checkpoint, backbone, pretrained, device)
+    built = build_predictors(showcase_methods(trained=bool(checkpoint)), checkpoint, backbone, pretrained, device)
     predictors = {f"{c.title} (training-free)" if c.spec.training_free else c.title: p for c, p in built.items()}
     threshold = next(iter(built.values())).background_threshold
     if world:

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from synseg.data.benchmarks import get_benchmark
     from synseg.eval.evaluator import segmenter_predict
     from synseg.io import ensure_writable_dir
-    from synseg.methods import build_predictors, list_methods
+    from synseg.methods import build_predictors, showcase_methods
     from synseg.predictor import Segmenter
     from synseg.research.world.experiment import chance_counts, per_class_iou, scene_counts, summarise, table
     from synseg.synthetic import BACKDROP, PROTOCOL, SCENE_SIZE, SHIPPED_CLIP, SHIPPED_DEMO
@@ -36,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     scenes = write_split(out / f"scenes-seed{args.seed}", args.scenes, SCENE_SEED + args.seed, "test",
                          SCENE_SIZE, BACKDROP)
     checkpoint, pretrained = (args.checkpoint, None) if args.checkpoint else (str(SHIPPED_DEMO), str(SHIPPED_CLIP))
-    methods = ["synseg", "synseg+verify", *list_methods("training-free"), "readout+verify"]
-    predictors = build_predictors(methods, checkpoint, pretrained=pretrained)
+    predictors = build_predictors(showcase_methods(), checkpoint, pretrained=pretrained)
     benchmark = get_benchmark("folder", scenes)
     segmenters = {(c.title if not c.spec.training_free else f"{c.title} (training-free, same CLIP)"):
                   Segmenter(predictor, PROTOCOL) for c, predictor in predictors.items()}

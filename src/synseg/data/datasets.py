@@ -31,6 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from synseg.data.captions import CaptionSource, decode_image, import_webdataset, shard_for
+from synseg.config import positive_int
 from synseg.errors import UserError
 from synseg.io import open_lines
 
@@ -356,11 +357,11 @@ class CaptionPhraseDataset(IterableDataset):
 
 
 def check_loader(streams: object, workers: object) -> None:
-    """One-line errors for `streams` (an integer >= 1 or "auto") and `workers` (>= 0, a divisor of streams, or "auto")."""
-    if streams != "auto" and not (isinstance(streams, int) and not isinstance(streams, bool) and streams >= 1):
-        raise UserError(f"streams must be 'auto' or an integer >= 1, not {streams!r}")
-    if workers != "auto" and not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0):
-        raise UserError(f"workers must be 'auto' or an integer >= 0, not {workers!r}")
+    """One-line errors for `streams` (an integer >= 1 or "auto") and `workers` (>= 0 or "auto"; `loader_workers`
+    checks that it divides the streams)."""
+    for name, value, low in (("streams", streams, 1), ("workers", workers, 0)):
+        if value != "auto":
+            positive_int(name, value, low)
 
 
 def loader_workers(workers: int | str, streams: int) -> int:

@@ -56,6 +56,12 @@ class MethodChoice:
         return (self.name if self.preset == "default" else f"{self.name}:{self.preset}") + (SUFFIX if self.verify else "")
 
 
+def showcase_methods(trained: bool = True) -> list[str]:
+    """What the demo and the app put side by side: SynSeg (when there is a trained model) and every training-free
+    method, SynSeg and the CLS readout also with region verification."""
+    return (["synseg", f"synseg{SUFFIX}"] if trained else []) + list_methods("training-free") + [f"readout{SUFFIX}"]
+
+
 def parse_method(text: str | MethodChoice) -> MethodChoice:
     """'sclip', 'sclip:voc' or 'sclip:voc+verify' -> MethodChoice; unknown names and presets raise UserError listing
     the choices."""
@@ -113,4 +119,5 @@ def build_predictor(method: str | MethodChoice, checkpoint: str | None = None, b
 
 
 __all__ = ["REGISTRY", "DensePredictor", "MethodChoice", "MethodSpec", "Preset", "Sources", "build_predictor",
-           "build_predictors", "list_methods", "parse_method", "parse_methods", "resolve_device", "RegionVerified"]
+           "build_predictors", "list_methods", "parse_method", "parse_methods", "resolve_device", "RegionVerified",
+           "showcase_methods"]

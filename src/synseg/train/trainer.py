@@ -195,8 +195,7 @@ class Trainer:
         data_config = DataConfig(
             image_size=self.model.backbone.image_size, max_phrases=config.max_phrases,
             batch_size=config.batch_size // self.dist.world, streams=config.streams, workers=config.workers,
-            seed=config.seed,
-            resize=config.resize, shuffle_buffer=config.shuffle_buffer,
+            seed=config.seed, resize=config.resize, shuffle_buffer=config.shuffle_buffer,
         )
         dataset = CaptionPhraseDataset(phrases, data, data_config, rank=self.dist.rank, world_size=self.dist.world)
         self.data = PhraseLoader(dataset, pin_memory=device.type == "cuda")

@@ -133,9 +133,10 @@ def check_rows(config: WorldConfig) -> None:
         if unknown:
             raise UserError(f"row {name!r}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(ROW_KEYS))})")
         if "of" in row:
-            if set(row) - {"of", "verify"} or "of" in rows.get(row["of"], {"of": None}) or rows[row["of"]].get("chance"):
+            source = rows.get(row["of"])
+            if set(row) - {"of", "verify"} or source is None or "of" in source or source.get("chance"):
                 raise UserError(f"row {name!r}: 'of' names another trained or training-free row, with 'verify' only")
-            row = rows[row["of"]]
+            row = source
         if "method" in row:
             if REGISTRY.get(row["method"]) is None or not REGISTRY[row["method"]].training_free:
                 raise UserError(f"row {name!r}: {row['method']!r} is not a training-free method "
