@@ -30,7 +30,7 @@ def test_page_offers_synseg_and_the_training_free_methods(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/segment", "/scene"} <= set(api)
     choices = api["/segment"]["parameters"][2]["type"]["enum"]
-    assert choices == (["SynSeg", "SynSeg + region verification"]
+    assert choices == (["SynSeg", "SynSeg (unverified)"]
                        + [f"{REGISTRY[name].title} (training-free)" for name in list_methods("training-free")]
                        + ["CLS readout + region verification (training-free)"])
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from synseg.errors import UserError
 from synseg.encoding import EncodedViews
-from synseg.methods import REGISTRY, build_predictor, list_methods, parse_method, parse_methods
+from synseg.methods import REGISTRY, build_predictor, build_predictors, list_methods, parse_method, parse_methods
 from synseg.methods.base import released_index
 from synseg.methods.naclip import neighbourhood
 from synseg.methods.resclip import PRESETS as RESCLIP_PRESETS
@@ -307,3 +307,30 @@ def test_region_verification_scales_each_map_by_what_clip_reads_in_its_region(ti
     assert result.activations.shape == (2, 40, 48) and 0 <= result.activations.min() and result.activations.max() <= 1
     with pytest.raises(UserError, match="clipseg\\+verify: region verification needs an open_clip ViT"):
         build_predictor("clipseg+verify", backbone=backbone, pretrained="none")
+
+
+def test_a_checkpoint_that_verifies_segments_with_verification_unless_asked_not_to(tiny_model, tmp_path):
+    """`model.verify` (the measured recipe's) makes `--method synseg` the verified maps; `synseg:unverified` is the
+    decoder alone; `synseg+verify` of such a checkpoint is the same predictor, which `distinct` shows once."""
+    from synseg.checkpoint import load_config, save_model
+
+    model = copy.deepcopy(tiny_model)
+    model.config.verify = True
+    checkpoint = str(save_model(model, tmp_path / "ckpt"))
+    assert load_config(checkpoint).verify
+    methods = ["synseg", "synseg:unverified", "synseg+verify"]
+    built = list(build_predictors(methods, checkpoint, pretrained="none").values())
+    verified, unverified, again = built
+    assert isinstance(verified, RegionVerified) and not isinstance(unverified, RegionVerified) and again is verified
+    assert list(map(str, build_predictors(methods, checkpoint, pretrained="none", distinct=True))) == methods[:2]
+    size = unverified.backbone.image_size
+    views = EncodedViews(unverified.backbone.normalize(torch.rand(1, 3, size, size)), unverified.backbone)
+    text = unverified.backbone.embed_labels(["cat", "dog"], ("a photo of a {}.",))
+    maps = unverified.activation_maps(views, text)
+    torch.testing.assert_close(verified.activation_maps(views, text),
+                               maps * verified.agreement(views, maps, text)[..., None, None])
+    model.config.verify = False
+    plain = str(save_model(model, tmp_path / "plain"))
+    shown = build_predictors(methods, plain, pretrained="none", distinct=True)
+    assert list(map(str, shown)) == ["synseg", "synseg+verify"] and isinstance(shown[parse_method("synseg+verify")],
+                                                                               RegionVerified)

@@ -174,7 +174,7 @@ def test_tiny_clip_learns_and_checkpoint_loads_through_open_clip(tmp_path) -> No
         held_out = tiny_clip.contrastive_loss(model, *probe).item()
     assert held_out < math.log(32) - 0.25, held_out  # below chance: it matches captions it never saw
 
-    path = tiny_clip.save(model, tmp_path / "world.safetensors", {"steps": config.steps})
+    path = tiny_clip.save(model, tmp_path / "world.safetensors", WORLD_CLIP, {"steps": config.steps})
     loaded = open_clip.create_model(WORLD_CLIP, pretrained=str(path))
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
@@ -184,12 +184,16 @@ def test_tiny_clip_learns_and_checkpoint_loads_through_open_clip(tmp_path) -> No
 
 
 def test_a_world_refuses_a_clip_trained_without_another_held_out_set(tmp_path) -> None:
-    """The file records the set it was trained without; the shipped CLIP, which has no record, counts as set "a"."""
-    from synseg.research.world.experiment import WorldConfig, run_experiment
-    from synseg.synthetic import SHIPPED_CLIP
+    """The file records the set it was trained without and its architecture; the shipped CLIP, which has no record,
+    counts as set "a" and the 4-block architecture, and a world takes the architecture its CLIP file names."""
+    from synseg.research.world.experiment import WorldConfig, model_config, run_experiment
+    from synseg.synthetic import SHIPPED_CLIP, WORLD_CLIPS
 
-    path = tiny_clip.save(tiny_clip.create(), tmp_path / "clip-b.safetensors", {"unseen": "b"})
+    deep = WORLD_CLIPS[1]
+    path = tiny_clip.save(tiny_clip.create(architecture=deep), tmp_path / "clip-b.safetensors", deep, {"unseen": "b"})
     assert tiny_clip.trained_without(path) == "b" and tiny_clip.trained_without(SHIPPED_CLIP) == "a"
+    assert tiny_clip.architecture_of(path) == deep and tiny_clip.architecture_of(SHIPPED_CLIP) == WORLD_CLIP
+    assert model_config(WorldConfig(clip=str(path), unseen="b")).backbone.name == deep
     for clip, unseen in ((path, "a"), (SHIPPED_CLIP, "b")):
         config = WorldConfig(clip=str(clip), unseen=unseen, variants=("Chance (uniform random labels)",))
         with pytest.raises(UserError, match=f"trained without held-out set '.'.*holds out set '{unseen}'") as error:
@@ -252,3 +256,18 @@ def test_a_row_with_a_bad_field_fails_before_anything_runs(tmp_path) -> None:
     with pytest.raises(UserError, match="present_share"):
         run_experiment(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_default_row_trains_synseg_trains_default_recipe_and_rows_check_verify_and_recipe() -> None:
+    """The table's first row is `synseg train`'s default recipe (its model and loss, the world's schedule), and its
+    checkpoints segment with verification; `verify: false` needs a checkpoint and `recipe` a known name."""
+    from synseg.research.world.experiment import TABLE_ROWS, WorldConfig, check_rows, train_config
+    from synseg.train.config import DEFAULT_RECIPE, recipe_config
+
+    config = WorldConfig(clip="world-clip.safetensors")
+    trained, recipe = train_config(config, config.row(TABLE_ROWS[0]), 0), recipe_config(DEFAULT_RECIPE)
+    assert trained.loss == recipe.loss and trained.model.verify and trained.model.prior == recipe.model.prior
+    for row, message in (({"of": "CLS readout (training-free)", "verify": False}, "has no checkpoint"),
+                         ({"recipe": "fast"}, "unknown recipe 'fast'"), ({"verify": "yes"}, "true or false")):
+        with pytest.raises(UserError, match=message):
+            check_rows(WorldConfig(clip="x", variants=("bad",), rows={"bad": row}))

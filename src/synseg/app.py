@@ -64,7 +64,8 @@ def build_setup(checkpoint: str | None = None, backbone: str | None = None, pret
         from synseg.synthetic import PROTOCOL, SCENE_SIZE, SHIPPED_CLIP, SHIPPED_DEMO
 
         checkpoint, pretrained = str(SHIPPED_DEMO), pretrained or str(SHIPPED_CLIP)
-    built = build_predictors(showcase_methods(trained=bool(checkpoint)), checkpoint, backbone, pretrained, device)
+    built = build_predictors(showcase_methods(trained=bool(checkpoint)), checkpoint, backbone, pretrained, device,
+                             distinct=True)
     predictors = {f"{c.title} (training-free)" if c.spec.training_free else c.title: p for c, p in built.items()}
     threshold = next(iter(built.values())).background_threshold
     if world:

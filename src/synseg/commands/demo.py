@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     scenes = write_split(out / f"scenes-seed{args.seed}", args.scenes, SCENE_SEED + args.seed, "test",
                          SCENE_SIZE, BACKDROP)
     checkpoint, pretrained = (args.checkpoint, None) if args.checkpoint else (str(SHIPPED_DEMO), str(SHIPPED_CLIP))
-    predictors = build_predictors(showcase_methods(), checkpoint, pretrained=pretrained)
+    predictors = build_predictors(showcase_methods(), checkpoint, pretrained=pretrained, distinct=True)
     benchmark = get_benchmark("folder", scenes)
     segmenters = {(c.title if not c.spec.training_free else f"{c.title} (training-free, same CLIP)"):
                   Segmenter(predictor, PROTOCOL) for c, predictor in predictors.items()}
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     print(table({name: {key: [value] for key, value in row.items()} for name, row in scores.items()}))
     print(f"\n(mIoU % over {args.scenes} generated scenes; figure: {figure}; scenes: {scenes}; scores: {out / 'scores.json'})")
     if not args.checkpoint:
-        print("The shipped model is synseg train's default recipe (docs/world.md: L1 with CLIP's masked class-token "
-              "pooling, absent and present terms), trained on captions of the synthetic world for 400 iterations; its "
-              "CLIP is the 7.8M-parameter world CLIP.", file=sys.stderr)
+        print("The shipped model is synseg train's default recipe (docs/world.md: a correction of the frozen CLIP's "
+              "per-token readout learned from the synthetic world's captions for 1,200 iterations, segmenting with "
+              "region verification); its CLIP is the 7.8M-parameter world CLIP.", file=sys.stderr)
     return 0

@@ -57,9 +57,11 @@ class MethodChoice:
 
 
 def showcase_methods(trained: bool = True) -> list[str]:
-    """What the demo and the app put side by side: SynSeg (when there is a trained model) and every training-free
-    method, SynSeg and the CLS readout also with region verification."""
-    return (["synseg", f"synseg{SUFFIX}"] if trained else []) + list_methods("training-free") + [f"readout{SUFFIX}"]
+    """What the demo and the app put side by side: SynSeg (when there is a trained model) with and without region
+    verification, and every training-free method, the CLS readout also verified. Build them with `distinct=True`:
+    of "synseg:unverified" and "synseg+verify" one is the checkpoint's own "synseg"."""
+    return ((["synseg", "synseg:unverified", f"synseg{SUFFIX}"] if trained else []) + list_methods("training-free")
+            + [f"readout{SUFFIX}"])
 
 
 def parse_method(text: str | MethodChoice) -> MethodChoice:
@@ -89,10 +91,11 @@ def parse_methods(text: str) -> list[MethodChoice]:
 
 def build_predictors(methods: list[str | MethodChoice], checkpoint: str | None = None, backbone: str | None = None,
                      pretrained: str | None = None, device: str | torch.device = "auto",
-                     allow_untrained: bool = False) -> dict[MethodChoice, DensePredictor]:
+                     allow_untrained: bool = False, distinct: bool = False) -> dict[MethodChoice, DensePredictor]:
     """One predictor per method (NAME or NAME:PRESET), in eval mode on `device`, all built from one `Sources`: the
     methods on CLIP share one backbone (the checkpoint's, when there is one). A method that needs a checkpoint and has
-    none raises UserError unless `allow_untrained` (an untrained decoder: speed and smoke tests)."""
+    none raises UserError unless `allow_untrained` (an untrained decoder: speed and smoke tests). Choices that come to
+    the same predictor (`synseg+verify` of a checkpoint that verifies) share it; `distinct` keeps only the first."""
     choices = [parse_method(method) for method in methods]
     sources = Sources(checkpoint, backbone, pretrained, device, allow_untrained)
     missing = [c for c in choices if c.spec.needs_checkpoint and not checkpoint and not allow_untrained]
@@ -100,13 +103,20 @@ def build_predictors(methods: list[str | MethodChoice], checkpoint: str | None =
         raise UserError(f"--method {missing[0]} needs a trained checkpoint (--checkpoint)")
     if any(c.spec.needs_checkpoint for c in choices):
         sources.model  # noqa: B018  (built first, so the methods on CLIP share its backbone)
+    built: dict[tuple[str, str, bool], DensePredictor] = {}
     predictors = {}
     for choice in choices:
-        predictor = choice.spec.build(sources, choice.spec.presets[choice.preset])
-        try:
-            predictors[choice] = RegionVerified(predictor) if choice.verify else predictor
-        except ValueError as error:
-            raise UserError(f"--method {choice}: {error}") from None
+        plain = (choice.name, choice.preset, False)
+        if plain not in built:
+            built[plain] = choice.spec.build(sources, choice.spec.presets[choice.preset])
+        key = (choice.name, choice.preset, choice.verify and not isinstance(built[plain], RegionVerified))
+        if key not in built:
+            try:
+                built[key] = RegionVerified(built[plain])
+            except ValueError as error:
+                raise UserError(f"--method {choice}: {error}") from None
+        if not (distinct and any(built[key] is other for other in predictors.values())):
+            predictors[choice] = built[key]
     return predictors
 
 

@@ -43,11 +43,13 @@ class DensePredictor(Protocol):
 @dataclass(frozen=True)
 class Preset:
     """A method's published defaults. None means the model's own: logit_scale, CLIP's trained temperature (100 for
-    OpenAI's weights); background_threshold and templates, a checkpoint's config (SynSeg) or synseg's 8 prompts."""
+    OpenAI's weights); background_threshold and templates, a checkpoint's config (SynSeg) or synseg's 8 prompts;
+    verify (region verification, methods/verify.py), a checkpoint's config (SynSeg), else off."""
 
     logit_scale: float | None = None
     background_threshold: float | None = None
     templates: tuple[str, ...] | None = IMAGENET_TEMPLATES
+    verify: bool | None = None
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

@@ -47,6 +47,9 @@ class SynSegConfig:
     # (softmax over the pairs of each image), so an untrained decoder (its last layer starts at 0) is the readout;
     # "grouped-readout": the same on the readout pooled by a learned grouping of tokens (models/readout.py)
     prior: str = "none"
+    # inference: each map scaled by CLIP's reading of its whole region (methods/verify.py); the measured recipe's, as
+    # the held-out worlds measured it (docs/world.md). `--method synseg:unverified` reads the decoder's maps alone.
+    verify: bool = False
 
     def __post_init__(self) -> None:
         check("pool_source", self.pool_source, self.pool_source in POOL_SOURCES, f"one of {POOL_SOURCES}")

@@ -11,10 +11,12 @@ from synseg.train.losses import LossConfig
 from synseg.models.synseg import SynSegConfig
 
 # Named starting points for `synseg train --recipe`, laid under a --config file: recipes/NAME.json, TrainConfig
-# fields. The dataclasses' own defaults are the paper's literal reading ("paper"); "measured" is the best recipe the
-# synthetic world has evidence for: FSS pools with CLIP's own class-token attention masked by each map, maps of phrases
-# the caption does not name are trained towards 0 and each named phrase's strongest tokens towards 1, both at a tenth
-# of L1's weight, and L2-L4 are off. docs/training.md gives the measurements behind each choice, docs/world.md the runs.
+# fields. The dataclasses' own defaults are the paper's literal reading ("paper"); "measured" is the caption-trained
+# design with the best held-out evidence in the synthetic world: the decoder corrects the frozen CLIP's per-token
+# class-token readout (its prior) and is pulled towards it on the caption's phrases, FSS pools with CLIP's own
+# class-token attention masked by each map, maps of phrases the caption does not name go towards 0 and each named
+# phrase's strongest tokens towards 1 at a tenth of L1's weight, L2-L4 are off, and the checkpoint segments with
+# region verification. docs/training.md gives the measurements behind each choice, docs/world.md the runs.
 RECIPES_DIR = Path(__file__).with_name("recipes")
 RECIPES: dict[str, dict] = {path.stem: read_json(path, "recipe") for path in sorted(RECIPES_DIR.glob("*.json"))}
 DEFAULT_RECIPE = "measured"

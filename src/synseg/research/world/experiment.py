@@ -35,8 +35,8 @@ from synseg.methods import REGISTRY, build_predictor, list_methods
 from synseg.methods.verify import SUFFIX
 from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
 from synseg.predictor import Segmenter
-from synseg.research.world.tiny_clip import check_unseen
-from synseg.synthetic import BACKDROP, PROTOCOL, SCENE_SIZE, WORLD_CLIP
+from synseg.research.world.tiny_clip import architecture_of, check_unseen
+from synseg.synthetic import BACKDROP, PROTOCOL, SCENE_SIZE
 from synseg.synthetic.world import CLASSES, DEFAULT_UNSEEN, STUFF, THINGS, held_out, read_held_out, write_split
 from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 
@@ -46,12 +46,13 @@ EVERY_TRAINING_FREE = "training-free methods"  # in rows.json's table: one row p
 TRAINING_FREE_ROWS = {f"{REGISTRY[name].title} (training-free)": name for name in list_methods("training-free")}
 # Each row of the table: rows.json's, and {"method": NAME} for every training-free method on the world CLIP.
 ROWS: dict[str, dict] = {**_ROWS_DATA["rows"], **{title: {"method": name} for title, name in TRAINING_FREE_ROWS.items()}}
-DEFAULT_ROW = _ROWS_DATA["table"][0]
 # The table `synseg world` runs by default (rows.json's "table"); the loss ablations are configs of their own.
 TABLE_ROWS = tuple(name for entry in _ROWS_DATA["table"]
                    for name in (TRAINING_FREE_ROWS if entry == EVERY_TRAINING_FREE else (entry,)))
 # The default recipe's two weak image-level terms (absent and present): the shared setting of every caption-trained row.
 WEAK_TERMS = {name: value for name, value in RECIPES[DEFAULT_RECIPE]["loss"].items() if name.startswith(("absent", "present"))}
+# Every row's model, unless it names a recipe: FSS pools with CLIP's masked class-token attention, no readout prior.
+SHARED_MODEL = {"pool_source": "attention"}
 
 
 # every caption-trained row's TrainConfig fields; fp32 on any device, as every other row runs (and as measured on CPUs)
@@ -78,7 +79,7 @@ class WorldConfig:
     # no dropout: on CPU its Bernoulli masks cost a third of a step (docs/world.md),
     # and the default recipe scored within its seeds' spread either way (docs/world.md)
     decoder: dict = field(default_factory=lambda: {"ffn_dim": 256, "dropout": 0.0})
-    model: dict = field(default_factory=lambda: copy.deepcopy(RECIPES[DEFAULT_RECIPE]["model"]))  # SynSegConfig overrides
+    model: dict = field(default_factory=lambda: copy.deepcopy(SHARED_MODEL))  # SynSegConfig overrides
     protocol: str = PROTOCOL
 
     def row(self, name: str) -> dict:
@@ -89,10 +90,15 @@ QUICK = {"train_scenes": 600, "test_scenes": 80, "seeds": (0,), "variants": tupl
          "train": {**TRAIN, "iterations": 300}}
 
 
+def row_settings(row: dict, part: str) -> dict:
+    """A row's overrides of one part ("model", "loss"): its recipe's (`synseg train --recipe`), then its own."""
+    return merged(RECIPES[row["recipe"]].get(part, {}) if "recipe" in row else {}, row.get(part, {}))
+
+
 def model_config(config: WorldConfig, row: dict | None = None) -> SynSegConfig:
-    overrides = from_dict(SynSegConfig, merged(config.model, (row or {}).get("model", {})), "world config.model")
+    overrides = from_dict(SynSegConfig, merged(config.model, row_settings(row or {}, "model")), "world config.model")
     decoder = DecoderConfig(**merged(config.decoder, (row or {}).get("decoder", {})))
-    return replace(overrides, backbone=BackboneConfig(WORLD_CLIP, config.clip), decoder=decoder)
+    return replace(overrides, backbone=BackboneConfig(architecture_of(config.clip), config.clip), decoder=decoder)
 
 
 def build_world(config: WorldConfig, root: Path) -> tuple[Path, Path]:
@@ -109,12 +115,14 @@ def build_world(config: WorldConfig, root: Path) -> tuple[Path, Path]:
     return train, test
 
 
-ROW_KEYS = {"model", "decoder", "loss", "train", "method", "supervised", "negatives", "chance", "of", "verify"}
+ROW_KEYS = {"recipe", "model", "decoder", "loss", "train", "method", "supervised", "negatives", "chance", "of", "verify"}
+# how an evaluation reads a row's `verify`: True adds region verification, False removes a checkpoint's own
+VERIFY_SUFFIXES = {None: "", True: SUFFIX, False: ":unverified"}
 
 
 def train_config(config: WorldConfig, row: dict, seed: int) -> TrainConfig:
     """A caption-trained row's TrainConfig: the shared setting with the row's overrides."""
-    settings = merged(config.train, {**row.get("train", {}), "loss": row.get("loss", {}), "seed": seed})
+    settings = merged(config.train, {**row.get("train", {}), "loss": row_settings(row, "loss"), "seed": seed})
     train = from_dict(TrainConfig, settings, "world config.train")
     train.model = model_config(config, row)
     return train
@@ -132,11 +140,19 @@ def check_rows(config: WorldConfig) -> None:
         unknown = sorted(set(row) - ROW_KEYS)
         if unknown:
             raise UserError(f"row {name!r}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(ROW_KEYS))})")
+        verify = row.get("verify")
+        if verify is not None and not isinstance(verify, bool):
+            raise UserError(f"row {name!r}: verify must be true or false")
         if "of" in row:
             source = rows.get(row["of"])
             if set(row) - {"of", "verify"} or source is None or "of" in source or source.get("chance"):
                 raise UserError(f"row {name!r}: 'of' names another trained or training-free row, with 'verify' only")
             row = source
+        if verify is False and "method" in row:
+            raise UserError(f"row {name!r}: verify false removes a checkpoint's own verification, and "
+                            f"{row['method']!r} has no checkpoint")
+        if row.get("recipe") is not None and row["recipe"] not in RECIPES:
+            raise UserError(f"row {name!r}: unknown recipe {row['recipe']!r}; choose from {', '.join(RECIPES)}")
         if "method" in row:
             if REGISTRY.get(row["method"]) is None or not REGISTRY[row["method"]].training_free:
                 raise UserError(f"row {name!r}: {row['method']!r} is not a training-free method "
@@ -248,7 +264,7 @@ def evaluate_row(config: WorldConfig, test: Path, out: Path, method: str, checkp
     if checkpoint is not None:
         predictor = build_predictor(method, checkpoint=str(checkpoint))
     else:
-        predictor = build_predictor(method, backbone=WORLD_CLIP, pretrained=config.clip)
+        predictor = build_predictor(method, backbone=architecture_of(config.clip), pretrained=config.clip)
     counts = scene_counts(benchmark, segmenter_predict(Segmenter(predictor, config.protocol), benchmark))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
@@ -316,7 +332,7 @@ def row_counts(config: WorldConfig, out: Path, seed: int, name: str) -> np.ndarr
     train, test, phrases, cache = out / "world" / "train", out / "world" / "test", out / "phrases.jsonl", out / "cache"
     row = config.row(name)
     source = row.get("of", name)  # an "of" row evaluates another row's cells (its trained checkpoints) its own way
-    suffix = SUFFIX if row.get("verify") else ""
+    suffix = VERIFY_SUFFIXES[row.get("verify")]
     folder = out / "runs" / f"seed{seed}" / slug(source)
     row = config.row(source)
     if "method" in row:
@@ -327,7 +343,7 @@ def row_counts(config: WorldConfig, out: Path, seed: int, name: str) -> np.ndarr
         checkpoint = train_supervised(config, row, seed, train, folder / "final")
     else:
         checkpoint = train_variant(config, row, seed, train, phrases, folder, cache)
-    return evaluate_row(config, test, folder / f"counts{suffix}.npy", "synseg" + suffix, checkpoint)
+    return evaluate_row(config, test, folder / f"counts{suffix.replace(':', '-')}.npy", "synseg" + suffix, checkpoint)
 
 
 def mine_phrases(data: Path, out: Path) -> None:
@@ -338,12 +354,15 @@ def mine_phrases(data: Path, out: Path) -> None:
     write_phrases(CaptionSource(str(data)), out, PhraseExtractor(PhraseConfig()))
 
 
-def cell_cost(row: dict) -> int:
-    """A row's rank by the time one of its cells takes: 0 only evaluates (training-free methods, chance), 1 trains on
-    captions, 2 trains the supervised decoder (its batches hold every class present plus as many absent ones)."""
+def cell_cost(config: WorldConfig, row: dict) -> int:
+    """A cell's time in units of one caption-trained iteration, to start the longest cells first: 0 when it only
+    evaluates (training-free methods, chance, "of" rows); its iterations, twice over for the supervised decoder (its
+    batches hold every class present plus as many absent ones, and keep dropout: 1.2-1.3 it/s in one thread, against
+    2.0-2.4 for caption-trained rows, docs/speed.md)."""
     if "method" in row or "of" in row or row.get("chance"):
         return 0
-    return 2 if row.get("supervised") else 1
+    iterations = merged(config.train, row.get("train", {}))["iterations"]
+    return iterations * (2 if row.get("supervised") else 1)
 
 
 def _one_thread() -> None:
@@ -370,9 +389,9 @@ def run_experiment(config: WorldConfig, out: Path, jobs: int = 1) -> dict:
         mine_phrases(train, phrases)
     # "of" rows last: they read the checkpoints that other cells train
     cells = sorted(((seed, name) for seed in config.seeds for name in config.variants),
-                   key=lambda cell: ("of" in rows[cell[1]], -cell_cost(rows[cell[1]])))
+                   key=lambda cell: ("of" in rows[cell[1]], -cell_cost(config, rows[cell[1]])))
     own = [cell for cell in cells if "of" not in rows[cell[1]]]
-    trained = sum(cell_cost(rows[name]) > 0 for _, name in own)
+    trained = sum(cell_cost(config, rows[name]) > 0 for _, name in own)
     if min(jobs, trained) <= 1:
         counts = [row_counts(config, out, seed, name) for seed, name in own]
     else:

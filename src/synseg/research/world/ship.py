@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from synseg.models.synseg import DEFAULT_TEMPLATES
-from synseg.research.world.tiny_clip import tokenizer, trained_without
+from synseg.research.world.tiny_clip import architecture_of, tokenizer, trained_without
 from synseg.synthetic.world import CLASSES, make_scene, scene_rng
 
 
@@ -33,7 +33,8 @@ def ship_clip(source: str, target: str) -> None:
     keep = torch.zeros(weights["token_embedding.weight"].shape[0], dtype=torch.bool)
     keep[world_token_ids()] = True
     weights["token_embedding.weight"][~keep] = 0
-    metadata = {"kept_tokens": str(int(keep.sum())), "unseen": json.dumps(trained_without(source))}
+    metadata = {"architecture": architecture_of(source), "kept_tokens": str(int(keep.sum())),
+                "unseen": json.dumps(trained_without(source))}
     save_file({k: v.half().contiguous() for k, v in weights.items()}, target, metadata=metadata)
     print(f"kept {int(keep.sum())} token embeddings; wrote {target}")
 

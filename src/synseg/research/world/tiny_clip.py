@@ -1,6 +1,7 @@
 """A tiny open_clip CLIP trained from scratch on the synthetic world, standing in for CLIP weights we cannot download.
 
-The architecture is `synseg-world-clip` (models/architectures/synseg-world-clip.json). Training pairs come from
+The architecture is `synseg-world-clip` (models/architectures/synseg-world-clip.json: 4 image blocks), or
+`synseg-world-clip-deep` (12, ViT-B/16's depth) with `--architecture`; the file records it. Training pairs come from
 `make_scene` on the fly, captions and all; only the training split's things are ever shown, so the held-out colour x
 pattern phrases (the named set `--unseen`, recorded in the file's metadata) measure open-vocabulary transfer. The saved
 file is a plain safetensors state dict that `open_clip.create_model("synseg-world-clip", pretrained=file)` loads like
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from synseg.errors import UserError
 import synseg.models.backbone  # noqa: F401  (registers synseg's architectures, the world CLIP's among them, with open_clip)
 from synseg.io import atomic_path, ensure_writable_dir
-from synseg.synthetic import WORLD_CLIP
+from synseg.synthetic import WORLD_CLIP, WORLD_CLIPS
 from synseg.synthetic.world import (
     DEFAULT_UNSEEN, STUFF, STUFF_NOUNS, THINGS, UNSEEN_SETS, Scene, Thing, held_out, make_scene, scene_rng,
 )
@@ -58,6 +59,7 @@ class WorldClipConfig:
     threads: int = 2
     workers: int = 1
     unseen: str = DEFAULT_UNSEEN
+    architecture: str = WORLD_CLIP  # one of WORLD_CLIPS
 
 
 def tokenizer():
@@ -65,9 +67,9 @@ def tokenizer():
     return open_clip.get_tokenizer(WORLD_CLIP)
 
 
-def create(pretrained: str | Path | None = None) -> torch.nn.Module:
-    """The world CLIP, random or loaded from a file through open_clip's own loader."""
-    return open_clip.create_model(WORLD_CLIP, pretrained=str(pretrained) if pretrained else None)
+def create(pretrained: str | Path | None = None, architecture: str = WORLD_CLIP) -> torch.nn.Module:
+    """A world CLIP, random or loaded from a file through open_clip's own loader."""
+    return open_clip.create_model(architecture, pretrained=str(pretrained) if pretrained else None)
 
 
 def scenes_to_pixels(scenes: list[Scene], image_size: int) -> torch.Tensor:
@@ -156,6 +158,8 @@ def train(config: WorldClipConfig, progress: bool = True) -> tuple[torch.nn.Modu
     if config.steps < 1 or config.batch_size < 2:
         raise UserError("training needs at least 1 step and a batch of at least 2 pairs")
     held_out(config.unseen)  # an unknown set fails before training
+    if config.architecture not in WORLD_CLIPS:
+        raise UserError(f"unknown world CLIP architecture {config.architecture!r}; choose from {', '.join(WORLD_CLIPS)}")
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
@@ -166,7 +170,7 @@ def train(config: WorldClipConfig, progress: bool = True) -> tuple[torch.nn.Modu
 
 def _train(config: WorldClipConfig, progress: bool) -> tuple[torch.nn.Module, list[float]]:
     torch.manual_seed(config.seed)
-    model = create()
+    model = create(architecture=config.architecture)
     model.train()
     image_size = model.visual.preprocess_cfg["size"][0]
     optimizer = _optimizer(model, config)
@@ -230,15 +234,24 @@ def zero_shot(model: torch.nn.Module, scenes: int = 1200, seed: int = 0, scene_s
     return result
 
 
-def save(model: torch.nn.Module, path: str | Path, metadata: dict[str, object]) -> Path:
-    """Write the state dict as safetensors (never pickle), atomically, with training facts in its header (each value
-    as JSON; `unseen` names the held-out set it was trained without, which `trained_without` reads)."""
+def save(model: torch.nn.Module, path: str | Path, architecture: str, metadata: dict[str, object]) -> Path:
+    """Write the state dict as safetensors (never pickle), atomically, with its architecture and training facts in its
+    header (each fact as JSON; `unseen` names the held-out set it was trained without, which `trained_without` reads)."""
     path = Path(path)
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"architecture": WORLD_CLIP, **{k: json.dumps(v) for k, v in
-                                                                             metadata.items()}})
+        save_file(state, str(tmp), metadata={"architecture": architecture, **{k: json.dumps(v) for k, v in
+                                                                               metadata.items()}})
     return path
+
+
+def architecture_of(path: str | Path) -> str:
+    """The open_clip architecture a world CLIP file records; the shipped files, written before the deeper CLIP
+    existed, files that are not safetensors and paths not (yet) written are the 4-block `synseg-world-clip`."""
+    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return WORLD_CLIP
+    with safe_open(str(path), "pt") as handle:
+        return (handle.metadata() or {}).get("architecture", WORLD_CLIP)
 
 
 def trained_without(path: str | Path) -> str:
@@ -273,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the held-out set of colour x pattern pairs never shown (default {WorldClipConfig.unseen})")
     parser.add_argument("--threads", type=int, default=WorldClipConfig.threads, help="torch threads")
     parser.add_argument("--workers", type=int, default=WorldClipConfig.workers, help="processes drawing the scenes")
+    parser.add_argument("--architecture", choices=WORLD_CLIPS, default=WORLD_CLIP,
+                        help=f"open_clip architecture (default {WORLD_CLIP}: 4 image blocks; the deep one has 12)")
     args = parser.parse_args(argv)
     try:
         if args.out.suffix != ".safetensors":
@@ -280,12 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         ensure_writable_dir(args.out.resolve().parent)
         config = WorldClipConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                                  warmup=min(WorldClipConfig.warmup, max(1, args.steps // 10)), threads=args.threads,
-                                 workers=args.workers, unseen=args.unseen)
+                                 workers=args.workers, unseen=args.unseen, architecture=args.architecture)
         started = time.perf_counter()
         model, losses = train(config)
         minutes = (time.perf_counter() - started) / 60
         accuracy = zero_shot(model, args.eval_scenes, unseen=config.unseen)
-        save(model, args.out, {"config": asdict(config), "unseen": config.unseen, "final_loss": losses[-1],
+        save(model, args.out, config.architecture, {"config": asdict(config), "unseen": config.unseen, "final_loss": losses[-1],
                                "train_minutes": minutes, "zero_shot": accuracy})
     except UserError as error:
         print(f"tiny_clip: error: {error}", file=sys.stderr)
