@@ -250,6 +250,36 @@ def test_cache_gives_the_first_step_loss_of_training_from_images(captions, tmp_p
     assert load_file(str(damaged)).keys() == {f"block{layer}" for layer in trainer.cache.layers}
 
 
+def test_the_readout_is_a_frozen_input_the_cache_keeps_and_every_loss_stays_the_same(captions, tmp_path):
+    """The default recipe reads the per-token CLS readout (its prior and pseudo-masks). Computed with the frozen inputs,
+    or kept in the feature cache, it gives every loss term the model gives computing it itself, to 1e-6 in fp32; a warm
+    cache gives a cold one's losses to the bit, and its files hold the readout."""
+    from dataclasses import replace
+
+    from synseg.train.config import recipe_config
+    from synseg.train.trainer import Trainer
+
+    data, phrases = captions
+    config = recipe_config("measured", TINY_CONFIG)
+    totals = {}
+    for name, cache in [("images", None), ("cold", tmp_path / "cache"), ("warm", tmp_path / "cache")]:
+        trainer = Trainer(config, str(data), str(phrases), tmp_path / name, torch.device("cpu"), cache=cache)
+        batch = next(iter(trainer.data))
+        inputs = trainer.steps.inputs(batch.images, batch.phrases, batch.keys)
+        grid = trainer.model.backbone.grid
+        assert inputs.readout.shape[:2] == (config.batch_size, grid[0] * grid[1])
+        torch.manual_seed(0)  # the same dropout masks and absent phrases
+        given = {k: v.item() for k, v in trainer.steps.loss_terms(inputs, 0).items()}
+        torch.manual_seed(0)
+        itself = {k: v.item() for k, v in trainer.steps.loss_terms(replace(inputs, readout=None), 0).items()}
+        assert given.keys() == itself.keys() and "caption_readout" in given
+        for term, value in given.items():
+            assert value == pytest.approx(itself[term], rel=1e-6, abs=1e-6), term
+        totals[name] = given["total"]
+    assert totals["cold"] == totals["warm"] and trainer.cache.hits == config.batch_size
+    assert "readout" in load_file(str(trainer.cache.path(batch.keys[0])))
+
+
 def test_absent_suppression_adds_its_term_and_leaves_the_named_terms_alone(captions, tmp_path):
     from synseg.config import from_dict
     from synseg.train.config import TrainConfig

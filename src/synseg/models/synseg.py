@@ -111,11 +111,12 @@ class SynSeg(nn.Module):
 
     def forward(
         self, layer_tokens: list[torch.Tensor], text: torch.Tensor, image_index: torch.Tensor, pooled: int | None = None,
-        with_readout: bool = False,
+        with_readout: bool = False, readout: torch.Tensor | None = None,
     ) -> SynergyOutput:
         """Training pass on the tokens of `feature_layers`: activation maps of every pair, plus the FSS fg/bg vectors,
         in CLIP space, of the first `pooled` pairs (default all; pairs the loss only reads maps of need no pooling),
-        and, when `with_readout` asks for them, the plain readout's cosines of every pair."""
+        and, when `with_readout` asks for them, the plain readout's cosines of every pair. `readout`: the images'
+        `feature_readout`, when already computed (a feature cache keeps it)."""
         by_layer = dict(zip(self.feature_layers, layer_tokens))
         layer_tokens = [by_layer[layer] for layer in self.backbone.layers]
         block_inputs = [by_layer[layer] for layer in self.block_layers]
@@ -124,7 +125,7 @@ class SynSeg(nn.Module):
         logits = self.decoder.to_logits(tokens)
         cosine = None
         if self.config.prior != "none" or with_readout:
-            plain = self.readout(block_inputs)
+            plain = self.readout(block_inputs) if readout is None else readout
             cosine = self.cosines(plain, text, image_index, logits.shape[-2:])
             if self.config.prior != "none":
                 logits = logits + self.readout_prior(self.prior_cosines(plain, cosine, block_inputs, text, image_index),
@@ -151,6 +152,11 @@ class SynSeg(nn.Module):
         """The per-token CLS readout [B, HW, E] (unit vectors, fp32, no gradient) from the tokens entering each block."""
         with torch.no_grad(), torch.autocast(block_inputs[0].device.type, enabled=False):
             return readout_embeddings(self.backbone.clip.visual, [x.float() for x in block_inputs])
+
+    def feature_readout(self, layer_tokens: list[torch.Tensor]) -> torch.Tensor:
+        """The readout of images given by the tokens of `feature_layers` (what a training step reads)."""
+        by_layer = dict(zip(self.feature_layers, layer_tokens))
+        return self.readout([by_layer[layer] for layer in self.block_layers])
 
     def cosines(self, embeddings: torch.Tensor, text: torch.Tensor, image_index: torch.Tensor,
                 size: tuple[int, int]) -> torch.Tensor:

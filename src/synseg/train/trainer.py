@@ -82,6 +82,13 @@ class StepInputs:
     tokens: list[torch.Tensor]  # the image tower's tokens [B, 1 + HW, width] of each of the model's feature_layers
     text: torch.Tensor  # [N, E] fp32 embedding of every phrase of the batch, image by image
     image_index: torch.Tensor  # [N] the image each phrase belongs to
+    readout: torch.Tensor | None = None  # [B, HW, E] the per-token CLS readout, when the config reads it (needs_readout)
+
+
+def needs_readout(config: TrainConfig) -> bool:
+    """Whether a step reads the frozen CLIP's per-token readout: as the prior, as pseudo-masks, or to pick absent
+    phrases. It is image-only, so it belongs to the frozen inputs, and a feature cache keeps it."""
+    return config.model.prior != "none" or bool(config.loss.caption_readout) or config.loss.absent_choice == "hard"
 
 
 class TrainStep:
@@ -105,11 +112,17 @@ class TrainStep:
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
 
-    def features(self, images: torch.Tensor, keys: list[str]) -> list[torch.Tensor]:
+    def features(self, images: torch.Tensor, keys: list[str]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The images' tokens of the model's feature_layers, and their readout when the config reads it."""
         pixels = self.model.backbone.normalize(images.to(self.device, non_blocking=True))
+        readout = None
         if self.cache is not None:
-            return self.cache.encode(pixels, keys)
-        return self.model.backbone.encode_image(pixels, self.model.feature_layers)
+            tokens, readout = self.cache.encode(pixels, keys)
+        else:
+            tokens = self.model.backbone.encode_image(pixels, self.model.feature_layers)
+        if readout is None and needs_readout(self.config):
+            readout = self.model.feature_readout(tokens)
+        return tokens, readout
 
     def text(self, phrases: list[str]) -> torch.Tensor:
         """Embeddings of the batch's phrases, computed together for this batch alone (or read from the cache): a
@@ -128,9 +141,9 @@ class TrainStep:
         flat = [p for ps in phrases for p in ps]
         image_index = torch.tensor([i for i, ps in enumerate(phrases) for _ in ps], device=self.device)
         with self.autocast():
-            tokens = self.features(images, keys)
+            tokens, readout = self.features(images, keys)
             text = self.text(flat).float()
-        return StepInputs(tokens, text, image_index)
+        return StepInputs(tokens, text, image_index, readout)
 
     def loss_terms(self, inputs: StepInputs, step: int) -> dict[str, torch.Tensor]:
         """The loss terms of one batch at iteration `step` (which terms are on, L2-L4's ramp). Under bf16 autocast the
@@ -141,15 +154,13 @@ class TrainStep:
         if self.config.loss.suppresses_absent(step):
             hardness = None
             if self.config.loss.absent_choice == "hard":
-                by_layer = dict(zip(self.model.feature_layers, tokens))
-                readout = self.model.readout([by_layer[layer] for layer in self.model.block_layers])
-                hardness = torch.einsum("bte,ne->bnt", readout, F.normalize(text, dim=-1)).amax(-1)
+                hardness = torch.einsum("bte,ne->bnt", inputs.readout, F.normalize(text, dim=-1)).amax(-1)
             absent_image, absent_phrase = absent_pairs(text, image_index, self.config.loss, hardness)
             pairs_text, pairs_image = torch.cat([text, text[absent_phrase]]), torch.cat([image_index, absent_image])
         named = len(text)
         with self.autocast():
             out = self.net(tokens, pairs_text, pairs_image, named,
-                           with_readout=bool(self.config.loss.caption_readout))
+                           with_readout=bool(self.config.loss.caption_readout), readout=inputs.readout)
         patch = self.model.backbone.patch_size
         absent = token_log_inactivity(out.logits[named:], patch)
         present = token_activations(out.logits[:named], patch) if self.config.loss.present_boost else None
@@ -199,7 +210,8 @@ class Trainer:
         )
         dataset = CaptionPhraseDataset(phrases, data, data_config, rank=self.dist.rank, world_size=self.dist.world)
         self.data = PhraseLoader(dataset, pin_memory=device.type == "cuda")
-        self.cache = FeatureCache(cache, self.model.backbone, config.phrase_templates, self.model.feature_layers) if cache else None
+        self.cache = FeatureCache(cache, self.model.backbone, config.phrase_templates, self.model.feature_layers,
+                                  self.model.feature_readout if needs_readout(config) else None) if cache else None
         net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None) if self.dist.world > 1 else self.model
         self.steps = TrainStep(config, self.model, device, self.cache, net)
         self.optimizer, self.scheduler, self.net = self.steps.optimizer, self.steps.scheduler, net
