@@ -22,8 +22,9 @@ def test_shipped_world_clip_lets_the_baseline_beat_chance(tmp_path):
 def test_quick_world_learns_to_segment_from_captions(tmp_path):
     """`synseg world --quick`: captions -> phrases -> train -> eval, on a row whose decoder starts from nothing (the
     default recipe starts at the CLS readout). Over seeds 0-2 (docs/world.md, the quick test) that row's margin over
-    MaskCLIP was 19.2-23.8 points on all things (std 2.3) and 22.2-25.5 on seen things (std 1.8): those thresholds lie above the spreads and below every seed's margin. On the 6 unseen things alone the
-    margin was 3.7-17.6 (std 7.9; 80 test scenes hold few of them), so their threshold is only a floor."""
+    MaskCLIP was 19.2-23.8 points on all things (std 2.3) and 22.2-25.5 on seen things (std 1.8): those thresholds lie
+    above the spreads and below every seed's margin. On the 6 unseen things alone the margin was 3.7-17.6 (std 7.9; 80
+    test scenes hold few of them), so their threshold is only a floor."""
     assert synseg(["world", "--quick", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
     trained = rows[QUICK["variants"][0]]

@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder: config.json, log.jsonl, last/ (resumable), final/")
     parser.add_argument("--recipe", choices=tuple(RECIPES), default=DEFAULT_RECIPE,
                         help="starting point under --config: 'measured' (default), the best recipe measured in the "
-                             "synthetic world (a correction of the frozen CLIP's per-token readout learned with L1, absent, "
-                             "present and caption-readout terms, segmenting with region verification); 'paper', "
+                             "synthetic world (a correction of the frozen CLIP's per-token readout learned with L1, "
+                             "absent, present and caption-readout terms, segmenting with region verification); 'paper', "
                              "the paper's literal reading (all four MCCL terms; see docs/world.md)")
     parser.add_argument("--config", help="TrainConfig as JSON (any subset of its fields, over --recipe; see docs/training.md)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

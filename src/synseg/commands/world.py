@@ -13,8 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", help="world CLIP weights (default: the one shipped with synseg for the config's "
                                        "held-out set, `unseen`)")
     parser.add_argument("--quick", action="store_true",
-                        help="the quick variant (a test): one seed of the previous default recipe, a decoder that learns from "
-                             "nothing, on a smaller world vs MaskCLIP vs chance")
+                        help="the quick variant (a test): one seed of the previous default recipe, a decoder that "
+                             "learns from nothing, on a smaller world vs MaskCLIP vs chance")
     parser.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="processes the table's (seed, row) cells run in, one thread each (default 2; a single "

@@ -36,7 +36,8 @@ BACKDROP = 0.5  # share of scenes with a second stuff behind a horizon
 PROTOCOL = "whole"  # 64-px scenes: quadrant views would only upsample 32-px crops
 
 __all__ = [
-    "ASSETS", "BACKDROP", "PROTOCOL", "SCENE_SIZE", "SHIPPED_CLIP", "SHIPPED_CLIPS", "SHIPPED_DEMO", "WORLD_CLIP", "WORLD_CLIPS",
+    "ASSETS", "BACKDROP", "PROTOCOL", "SCENE_SIZE", "SHIPPED_CLIP", "SHIPPED_CLIPS", "SHIPPED_DEMO", "WORLD_CLIP",
+    "WORLD_CLIPS",
     "CLASSES", "COLOURS", "DEFAULT_UNSEEN", "PATTERNS", "SILHOUETTES", "STUFF", "STUFF_NOUNS", "THINGS", "UNSEEN_SETS",
     "HeldOut", "Scene", "Thing", "held_out", "make_scene", "read_held_out", "scene_rng", "write_split",
 ]

@@ -90,7 +90,8 @@ class FeatureCache:
             if fresh:
                 computed = self.backbone.encode_image(pixels[fresh], self.layers)
                 for row, i in enumerate(fresh):
-                    stored[i].update({name: layer[row].half().contiguous().cpu() for name, layer in zip(names, computed)})
+                    stored[i].update({name: layer[row].half().contiguous().cpu()
+                                      for name, layer in zip(names, computed)})
             if self.readout is not None:
                 tokens = [torch.stack([stored[i][name] for i in todo]).float().to(device) for name in names]
                 for i, embeddings in zip(todo, self.readout(tokens)):

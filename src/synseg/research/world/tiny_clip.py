@@ -300,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         model, losses = train(config)
         minutes = (time.perf_counter() - started) / 60
         accuracy = zero_shot(model, args.eval_scenes, unseen=config.unseen)
-        save(model, args.out, config.architecture, {"config": asdict(config), "unseen": config.unseen, "final_loss": losses[-1],
-                               "train_minutes": minutes, "zero_shot": accuracy})
+        save(model, args.out, config.architecture, {"config": asdict(config), "unseen": config.unseen,
+                                                    "final_loss": losses[-1], "train_minutes": minutes,
+                                                    "zero_shot": accuracy})
     except UserError as error:
         print(f"tiny_clip: error: {error}", file=sys.stderr)
         return 2
