@@ -19,6 +19,7 @@ from synseg.methods.resclip import PRESETS as RESCLIP_PRESETS
 from synseg.methods.resclip import ResCLIP, straight_paths
 from synseg.methods.scclip import outliers, repaired
 from synseg.methods.verify import RegionVerified
+from synseg.models.synseg import SynSeg
 from synseg.predictor import Segmenter
 
 
@@ -329,6 +330,10 @@ def test_a_checkpoint_that_verifies_segments_with_verification_unless_asked_not_
     maps = unverified.activation_maps(views, text)
     torch.testing.assert_close(verified.activation_maps(views, text),
                                maps * verified.agreement(views, maps, text)[..., None, None])
+    backbone = copy.deepcopy(tiny_model.backbone)
+    backbone.plain_blocks = False  # as a ViT whose blocks synseg cannot run one by one
+    with pytest.raises(UserError, match="verify \\(region verification\\) needs a plain open_clip ViT"):
+        SynSeg(model.config, backbone)
     model.config.verify = False
     plain = str(save_model(model, tmp_path / "plain"))
     shown = build_predictors(methods, plain, pretrained="none", distinct=True)

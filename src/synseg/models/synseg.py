@@ -78,8 +78,9 @@ class SynSeg(nn.Module):
         depth = len(backbone.clip.visual.transformer.resblocks)
         needs_blocks = [name for name, on in (("pool_source 'attention'", config.pool_source == "attention"),
                                               (f"prior '{config.prior}'", config.prior != "none")) if on]
-        if needs_blocks and (not backbone.plain_blocks or getattr(backbone.clip.visual, "proj", None) is None):
-            raise UserError(f"{needs_blocks[0]} needs a plain open_clip ViT with a projection; backbone "
+        needs_vit = needs_blocks + (["verify (region verification)"] if config.verify else [])
+        if needs_vit and (not backbone.plain_blocks or getattr(backbone.clip.visual, "proj", None) is None):
+            raise UserError(f"{needs_vit[0]} needs a plain open_clip ViT with a projection; backbone "
                             f"'{backbone.config.name}' is not one")
         self.block_layers = tuple(range(-1, depth - 1)) if needs_blocks else ()
         self.feature_layers = tuple(sorted(set(backbone.layers) | set(self.block_layers)))

@@ -91,6 +91,12 @@ def needs_readout(config: TrainConfig) -> bool:
     return config.model.prior != "none" or bool(config.loss.caption_readout) or config.loss.absent_choice == "hard"
 
 
+def feature_cache(root: str | Path, model: SynSeg, config: TrainConfig) -> FeatureCache:
+    """The cache a step of `config` reads: the model's feature layers and, when the step reads it, the readout."""
+    return FeatureCache(root, model.backbone, config.phrase_templates, model.feature_layers,
+                        model.feature_readout if needs_readout(config) else None)
+
+
 class TrainStep:
     """What one training step computes, phase by phase: `inputs` (the frozen CLIP's image tokens and phrase embeddings,
     computed, or read from a FeatureCache), `loss_terms` (absent pairs, the decoder and FSS forward, every loss term),
@@ -210,8 +216,7 @@ class Trainer:
         )
         dataset = CaptionPhraseDataset(phrases, data, data_config, rank=self.dist.rank, world_size=self.dist.world)
         self.data = PhraseLoader(dataset, pin_memory=device.type == "cuda")
-        self.cache = FeatureCache(cache, self.model.backbone, config.phrase_templates, self.model.feature_layers,
-                                  self.model.feature_readout if needs_readout(config) else None) if cache else None
+        self.cache = feature_cache(cache, self.model, config) if cache else None
         net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None) if self.dist.world > 1 else self.model
         self.steps = TrainStep(config, self.model, device, self.cache, net)
         self.optimizer, self.scheduler, self.net = self.steps.optimizer, self.steps.scheduler, net

@@ -47,9 +47,8 @@ from synseg.research.speed.machine import Machine, load_average, measure_machine
 from synseg.research.speed.memory import peak_memory
 from synseg.research.speed.profiling import profile_call
 from synseg.research.speed.report import machine_lines
-from synseg.train.cache import FeatureCache
 from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig, recipe_config
-from synseg.train.trainer import TrainStep, autocast_dtype, needs_readout, seed_everything
+from synseg.train.trainer import TrainStep, autocast_dtype, feature_cache, seed_everything
 
 SETTINGS = ("backbone", "world")  # --backbone at its own size; the world CLIP at 64 px with its shipped weights
 PARTS = ("data", "encoder", "forward", "backward", "optimizer")
@@ -249,9 +248,7 @@ def run_train_bench(config: TrainBenchConfig, device: str = "auto", progress: bo
             seed_everything(train.seed)
             model = build_synseg(train.model).to(torch_device)
             for cached in config.cache:
-                cache = FeatureCache(Path(tmp) / str(number), model.backbone, train.phrase_templates,
-                                     model.feature_layers, model.feature_readout if needs_readout(train) else None
-                                     ) if cached else None
+                cache = feature_cache(Path(tmp) / str(number), model, train) if cached else None
                 step = TrainStep(train, model, torch_device, cache)
                 report.rows.append(measure_row(step, train, recipe, setting, cached, config.repeats, machine,
                                                config.profile))
