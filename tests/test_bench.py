@@ -116,7 +116,8 @@ def test_bad_arguments_fail_in_one_line(argv, message, capsys):
 
 
 def test_inference_path_computes_what_the_reference_modules_compute(tiny_model):
-    """synseg.models.fastpath (oneDNN products, fused attention) against open_clip's and nn's own forward passes."""
+    """synseg.models.fastpath (oneDNN products, fused attention) against open_clip's and nn's own forward passes, and
+    the decoder layer in training against nn's."""
     from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 
     from synseg.models.fastpath import clip_block, post_norm_layer
@@ -137,6 +138,21 @@ def test_inference_path_computes_what_the_reference_modules_compute(tiny_model):
         with torch.inference_mode():
             got = clip_block(block, tokens) if isinstance(block, ResidualAttentionBlock) else post_norm_layer(block, tokens)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+    # in training too, dropout included: the same seed draws the same masks, so losses and gradients stay nn's
+    layer = torch.nn.TransformerEncoderLayer(64, 4, 256, 0.1, activation="relu", batch_first=True).train()
+    x = torch.randn(5, 17, 64, requires_grad=True)
+    results = []
+    for forward in (layer, lambda t: post_norm_layer(layer, t), lambda t: layer.eval()(t)):
+        torch.manual_seed(1)
+        x.grad = None
+        layer.zero_grad()
+        out = forward(x)
+        out.square().sum().backward()
+        results.append([out.detach(), x.grad.clone(), *(p.grad.clone() for p in layer.parameters())])
+    for a, b in zip(results[0], results[1]):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(results[0][0], results[2][0], atol=1e-3)  # dropout did drop
 
     decoder = tiny_model.decoder
     features = torch.randn(2, 65, 64)
@@ -276,6 +292,11 @@ def test_train_settings_follow_the_recipes_and_the_world_experiment():
     vit = setting_config("backbone", "measured", TrainBenchConfig(batch_size=8, pretrained="none"))
     assert (vit.model.backbone.name, vit.model.backbone.pretrained, vit.batch_size) == ("ViT-B-16", None, 8)
     assert (vit.loss, vit.model.pool_source) == (recipe_config("measured").loss, "attention")
+    # --config's fields over the recipe and setting, as synseg train --config lays them over --recipe
+    overrides = {"model": {"decoder": {"dropout": 0}}}
+    no_dropout = setting_config("backbone", "measured", TrainBenchConfig(overrides=overrides))
+    assert (no_dropout.model.decoder.dropout, vit.model.decoder.dropout) == (0, 0.1)
+    assert no_dropout.model.backbone.name == "ViT-B-16" and no_dropout.loss == vit.loss
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -12,6 +12,7 @@ import sys
 import torch
 
 from synseg.commands.common import add_model_arguments, add_precision_argument
+from synseg.config import read_json
 from synseg.errors import UserError
 from synseg.io import atomic_path, check_size, ensure_writable_file
 from synseg.methods import parse_methods
@@ -60,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--cache", choices=("both", "off", "on"), default="both",
                        help="the frozen CLIP's tokens computed (off), read from the feature cache (on), or both rows "
                             "(default)")
+    train.add_argument("--config", metavar="FILE",
+                       help="TrainConfig fields as JSON laid over every row's recipe and setting, as synseg train "
+                            "--config lays them over --recipe (e.g. {\"model\": {\"decoder\": {\"dropout\": 0}}})")
     # --train's default precision is the recipe's (bf16 autocast on GPUs, fp32 on CPUs; world fp32); inference's fp32
     parser.set_defaults(precision=None)
 
@@ -132,6 +136,7 @@ def run_train(args: argparse.Namespace) -> int:
         backbone=args.backbone or "ViT-B-16", pretrained=args.pretrained or "none", batch_size=args.batch_size,
         max_phrases=args.max_phrases, cache={"both": (False, True), "off": (False,), "on": (True,)}[args.cache],
         repeats=args.repeats, precision=args.precision, profile=args.profile,
+        overrides=read_json(args.config, "--config") if args.config else {},
     )
     if args.json:
         ensure_writable_file(args.json)

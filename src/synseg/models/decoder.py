@@ -65,8 +65,7 @@ class SegDecoder(nn.Module):
         for depth, block in enumerate(self.blocks):
             if depth:
                 a = a + reduced[-1 - depth].index_select(0, image_index)
-            # without autograd, our own layer: oneDNN on CPU, and unlike nn's fused fast path it works under autocast
-            a = block(a) if self.training or torch.is_grad_enabled() else post_norm_layer(block, a)
+            a = post_norm_layer(block, a)
         return a
 
     def to_logits(self, tokens: torch.Tensor) -> torch.Tensor:

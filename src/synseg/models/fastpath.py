@@ -1,10 +1,11 @@
-"""CPU inference with every matrix product on oneDNN.
+"""CPU inference with every matrix product on oneDNN, and the decoder's layer with fewer copies than nn's.
 
 PyTorch multiplies fp32 matrices on x86 CPUs with MKL, which on AMD CPUs takes its AVX2 path, slower there than
 oneDNN (shipped inside PyTorch) on the same products, ViT-B/16's and the decoder's shapes alike (docs/speed.md has
 the rates). `linear` sends CPU fp32 inference (under torch.inference_mode) through
 oneDNN and everything else (training, autograd, autocast, GPUs) through `F.linear`; the blocks below are the encoder's
-and the decoder's inference forward passes written with it. oneDNN's results differ from MKL's by rounding (~1e-6).
+inference forward pass and the decoder layer's forward pass (training's too) written with it. oneDNN's results differ
+from MKL's by rounding (~1e-6).
 """
 from __future__ import annotations
 
@@ -88,7 +89,17 @@ def is_plain_clip_block(block: nn.Module) -> bool:
 
 
 def post_norm_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
-    """nn.TransformerEncoderLayer(x) in eval mode, for the decoder's configuration: post-norm, ReLU, batch first."""
-    x = layer.norm1(x + self_attention(layer.self_attn, x))
-    hidden = linear(x, layer.linear1.weight, layer.linear1.bias, "relu")
-    return layer.norm2(x + linear(hidden, layer.linear2.weight, layer.linear2.bias))
+    """nn.TransformerEncoderLayer(x) for the decoder's configuration (post-norm, ReLU, batch first), in training and in
+    inference, with fewer copies than nn's: q, k and v are views of one projection (nn transposes to sequence first and
+    copies them). The attention's output keeps nn's layout (a [N, T, D] view of [T, N, D]), so in training every
+    dropout draws its mask on a tensor of nn's shape and layout, in nn's order: one seed gives nn's result."""
+    attention = layer.self_attn
+    n, t, d = x.shape
+    heads = attention.num_heads
+    qkv = linear(x, attention.in_proj_weight, attention.in_proj_bias).view(n, t, 3, heads, d // heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    y = F.scaled_dot_product_attention(q, k, v, dropout_p=attention.dropout if layer.training else 0.0)
+    y = linear(y.permute(2, 0, 1, 3).reshape(t * n, d), attention.out_proj.weight, attention.out_proj.bias)
+    x = layer.norm1(x + layer.dropout1(y.view(t, n, d).transpose(0, 1)))
+    hidden = layer.dropout(linear(x, layer.linear1.weight, layer.linear1.bias, "relu"))
+    return layer.norm2(x + layer.dropout2(linear(hidden, layer.linear2.weight, layer.linear2.bias)))

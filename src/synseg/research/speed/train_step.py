@@ -26,6 +26,7 @@ taken on that same step: every weight and AdamW's state, plus the peak of the te
 """
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from synseg.config import merged
 from synseg.data.datasets import collate_phrases
 from synseg.errors import UserError
 from synseg.models.synseg import build_synseg
@@ -66,6 +68,7 @@ class TrainBenchConfig:
     repeats: int = 3  # timed steps per row after one warm-up step
     precision: str | None = None  # "fp32" or "bf16" (autocast); None: the setting's (the recipe's "auto", world fp32)
     profile: bool = False  # one more step per row under torch.profiler: which operators take the time
+    overrides: dict = field(default_factory=dict)  # TrainConfig fields over every row's (`synseg train --config`'s)
 
 
 @dataclass
@@ -117,7 +120,7 @@ class TrainReport:
 def setting_config(setting: str, recipe: str, config: TrainBenchConfig) -> TrainConfig:
     """The recipe's TrainConfig for a setting: "backbone" (config.backbone / pretrained at config.batch_size) or
     "world" (the world CLIP with its shipped weights, the world experiment's batch size, phrases, precision and
-    decoder), with config.max_phrases and config.precision laid over it when given."""
+    decoder), with config.overrides, then config.max_phrases and config.precision laid over it when given."""
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     if setting == "world":
@@ -133,6 +136,7 @@ def setting_config(setting: str, recipe: str, config: TrainBenchConfig) -> Train
                      "model": {"backbone": {"name": config.backbone, "pretrained": config.pretrained}}}
     else:
         raise UserError(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
+    overrides = merged(overrides, config.overrides)
     if config.max_phrases is not None:
         overrides["max_phrases"] = config.max_phrases
     if config.precision is not None:
@@ -267,6 +271,8 @@ def format_train_report(report: TrainReport) -> str:
         "hits for the frozen CLIP",
         *machine_lines(machine, f"bound = FLOPs / {machine.fp32_gflops:.0f} GFLOP/s (fp32)"
                        + (f" or {machine.bf16_gflops:.0f} (bf16 rows)" if machine.bf16_gflops else "")),
+        *([f"every row's TrainConfig with --config's fields laid over it: {json.dumps(config.overrides)}"]
+          if config.overrides else []),
         "",
         f"{'setting':<24}{'recipe':<10}{'cache':>6}{'batch':>6}{'K':>3}{'prec':>5}{'samples/s':>10}{'ms/step':>9}"
         f"{'data':>7}{'encoder':>8}{'forward':>8}{'backward':>9}{'optim':>7}{'GFLOP/sample':>13}{'bound ms':>9}"
