@@ -38,7 +38,6 @@ from synseg.checkpoint import load_model
 from synseg.encoding import EncodedViews
 from synseg.train.losses import LossConfig, text_gate
 from synseg.train.config import TrainConfig
-from synseg.models import BackboneConfig
 from synseg.models.backbone import ClipBackbone
 from synseg.models.fss import masked_attention_pooling
 from synseg.methods.maskclip import MaskCLIP
@@ -117,7 +116,7 @@ def clip(path: Path) -> None:
         print(f"zero-shot, {name}: largest thing seen {accuracy['things_seen']:.1%} (n={accuracy['n_things_seen']}), "
               f"unseen {accuracy['things_unseen']:.1%} (n={accuracy['n_things_unseen']}), stuff {accuracy['stuff']:.1%}; "
               f"chance {1 / len(THINGS):.1%} and {1 / len(STUFF):.1%}")
-    result = probe(ClipBackbone(BackboneConfig(tiny_clip.architecture_of(path), str(path))))
+    result = probe(ClipBackbone(tiny_clip.backbone_config(path)))
     print(f"linear probe on the last block's patch tokens ({result['tokens_inside_a_thing']} test tokens at least 3/4 inside "
           f"one thing): thing (colour and pattern) right {result['inside_thing_right']:.1%}, colour "
           f"{result['inside_colour_right']:.1%}, pattern {result['inside_pattern_right']:.1%}; all "
@@ -128,7 +127,7 @@ def clip(path: Path) -> None:
 @torch.no_grad()
 def regions(path: Path, scenes: int) -> None:
     """Soft masks are each token's share of the thing; scenes as the experiment's test split draws them."""
-    backbone = ClipBackbone(BackboneConfig(tiny_clip.architecture_of(path), str(path)))
+    backbone = ClipBackbone(tiny_clip.backbone_config(path))
     visual, blocks = backbone.clip.visual, backbone.clip.visual.transformer.resblocks
     things = [CLASSES.index(thing) for thing in THINGS]
     text = backbone.embed_labels([CLASSES[i] for i in things], ("a photo of a {}.",))
@@ -189,7 +188,7 @@ def sizes(test: Path, checkpoints: list[str]) -> None:
     a map covers a pixel where its activation passes the model's background threshold."""
     paths = sorted((test / "JPEGImages").glob("*.png"))
     labels = [np.asarray(Image.open(test / "SegmentationClass" / path.name)) for path in paths]
-    patch = ClipBackbone(BackboneConfig(tiny_clip.architecture_of(SHIPPED_CLIP), str(SHIPPED_CLIP))).patch_size
+    patch = ClipBackbone(tiny_clip.backbone_config(SHIPPED_CLIP)).patch_size
     things = [CLASSES.index(name) for name in THINGS]
     areas = np.array([count / patch**2 for label in labels for index, count in zip(*np.unique(label, return_counts=True))
                       if index in things])
@@ -215,7 +214,7 @@ def sizes(test: Path, checkpoints: list[str]) -> None:
 def readout(test: Path, path: Path) -> None:
     held = read_held_out(test)
     tiny_clip.check_unseen(path, held.name)
-    backbone = ClipBackbone(BackboneConfig(tiny_clip.architecture_of(path), str(path)))
+    backbone = ClipBackbone(tiny_clip.backbone_config(path))
     method = CLSReadout(backbone)
     text = backbone.embed_labels(list(CLASSES), DEFAULT_TEMPLATES)
     paths = sorted((test / "JPEGImages").glob("*.png"))
@@ -256,7 +255,7 @@ def readout(test: Path, path: Path) -> None:
 @torch.no_grad()
 def phrases(path: Path, clip_path: Path) -> None:
     names = sorted({p for line in path.read_text().splitlines() if line.strip() for p in json.loads(line)["phrases"]})
-    backbone = ClipBackbone(BackboneConfig(tiny_clip.architecture_of(clip_path), str(clip_path)))
+    backbone = ClipBackbone(tiny_clip.backbone_config(clip_path))
     text = backbone.embed_texts(names, TrainConfig().phrase_templates)
     cosine = (text @ text.T)[~torch.eye(len(names), dtype=torch.bool)]
     quantile = LossConfig().absent_text_quantile

@@ -33,9 +33,9 @@ from synseg.eval.metric import ConfusionMatrix
 from synseg.io import atomic_path
 from synseg.methods import REGISTRY, build_predictor, list_methods
 from synseg.methods.verify import SUFFIX
-from synseg.models import BackboneConfig, DecoderConfig, SynSegConfig, build_synseg
+from synseg.models import DecoderConfig, SynSegConfig, build_synseg
 from synseg.predictor import Segmenter
-from synseg.research.world.tiny_clip import architecture_of, check_unseen
+from synseg.research.world.tiny_clip import architecture_of, backbone_config, check_unseen
 from synseg.synthetic import BACKDROP, PROTOCOL, SCENE_SIZE
 from synseg.synthetic.world import CLASSES, DEFAULT_UNSEEN, STUFF, THINGS, held_out, read_held_out, write_split
 from synseg.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig
@@ -98,7 +98,7 @@ def row_settings(row: dict, part: str) -> dict:
 def model_config(config: WorldConfig, row: dict | None = None) -> SynSegConfig:
     overrides = from_dict(SynSegConfig, merged(config.model, row_settings(row or {}, "model")), "world config.model")
     decoder = DecoderConfig(**merged(config.decoder, (row or {}).get("decoder", {})))
-    return replace(overrides, backbone=BackboneConfig(architecture_of(config.clip), config.clip), decoder=decoder)
+    return replace(overrides, backbone=backbone_config(config.clip), decoder=decoder)
 
 
 def build_world(config: WorldConfig, root: Path) -> tuple[Path, Path]:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from synseg.errors import UserError
-import synseg.models.backbone  # noqa: F401  (registers synseg's architectures, the world CLIP's among them, with open_clip)
+from synseg.models.backbone import BackboneConfig  # (importing it registers synseg's architectures with open_clip)
 from synseg.io import atomic_path, ensure_writable_dir
 from synseg.synthetic import WORLD_CLIP, WORLD_CLIPS
 from synseg.synthetic.world import (
@@ -252,6 +252,11 @@ def architecture_of(path: str | Path) -> str:
         return WORLD_CLIP
     with safe_open(str(path), "pt") as handle:
         return (handle.metadata() or {}).get("architecture", WORLD_CLIP)
+
+
+def backbone_config(path: str | Path) -> BackboneConfig:
+    """The frozen backbone a world CLIP file makes: the architecture it records, the file as its weights."""
+    return BackboneConfig(architecture_of(path), str(path))
 
 
 def trained_without(path: str | Path) -> str:
